@@ -1,0 +1,135 @@
+"""`zaya-vl eval` and `zaya-vl score`: argparse pieces that `zaya_vl/cli.py` mounts.
+
+    parser = argparse.ArgumentParser(prog="zaya-vl"); sub = parser.add_subparsers(dest="command")
+    add_eval_args(sub); add_score_args(sub)
+    args = parser.parse_args(); sys.exit(args.func(args))
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .records import write_atomic
+from .registry import TASKS, parse_task_list
+from .report import render_markdown
+
+DEFAULT_TASKS = "docvqa,ai2d,mathvista"
+
+
+def load_predictor(model_path: str, **kwargs):
+    """The model behind `zaya-vl eval`: returns a runner.Predictor for `model_path`.
+
+    Keyword arguments come from the command line (batch_size, temperature). Placeholder until the
+    ZayaVL predictor exists.
+    """
+    raise NotImplementedError("ZayaVL predictor lands with the ZayaVL issue")
+
+
+def _task_values(pairs: list[str] | None, flag: str, convert=str) -> dict:
+    """["docvqa=/data/x", ...] -> {"docvqa": "/data/x"}, checking task names."""
+    values = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not value:
+            raise SystemExit(f"{flag} expects TASK=VALUE, got {pair!r}")
+        if name not in TASKS:
+            raise SystemExit(f"{flag}: unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+        values[name] = convert(value)
+    return values
+
+
+def add_eval_args(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("eval", help="evaluate a model on DocVQA / AI2D / MathVista (resumable)")
+    parser.add_argument("--model", required=True, help="model path or hub id")
+    parser.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated, from: {', '.join(TASKS)}")
+    parser.add_argument("--output", required=True, type=Path, help="output folder; rerun the same command to resume")
+    parser.add_argument("--limit", type=int, default=None, help="first N items of each task")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--data", action="append", metavar="TASK=PATH", help="local data for a task (repeatable)")
+    parser.add_argument("--max-new-tokens", action="append", metavar="TASK=N", help="generation cap for a task")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=eval_command)
+    return parser
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from .runner import run_eval
+
+    try:
+        tasks = parse_task_list(args.tasks)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    data = _task_values(args.data, "--data")
+    caps = _task_values(args.max_new_tokens, "--max-new-tokens", int)
+    config = {"temperature": args.temperature, "do_sample": args.temperature > 0}
+    predictor = load_predictor(args.model, batch_size=args.batch_size, temperature=args.temperature)
+    results = run_eval(
+        predictor,
+        tasks,
+        args.output,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        data_overrides=data,
+        model_name=args.model,
+        config={**config, "max_new_tokens": caps} if caps else config,
+        max_new_tokens=caps,
+        show_progress=not args.no_progress,
+    )
+    print(render_markdown(results))
+    return 0
+
+
+def add_score_args(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("score", help="score an existing predictions JSONL from any model")
+    parser.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
+    parser.add_argument("--data", default=None, help="local data (default: the task's hub dataset)")
+    parser.add_argument("--predictions", required=True, type=Path, help="JSONL with an id and a prediction per line")
+    parser.add_argument("--id-key", default="id")
+    parser.add_argument("--prediction-key", default="prediction")
+    parser.add_argument("--output", type=Path, default=None, help="write results.json, results.md, scored.jsonl here")
+    parser.set_defaults(func=score_command)
+    return parser
+
+
+def score_command(args: argparse.Namespace) -> int:
+    from .rescore import score_predictions
+
+    if args.task not in TASKS:
+        raise SystemExit(f"unknown task {args.task!r}; valid tasks: {', '.join(TASKS)}")
+    if not args.predictions.is_file():
+        raise SystemExit(f"predictions file not found: {args.predictions}")
+    summary, records = score_predictions(
+        args.task, args.predictions, args.data, id_key=args.id_key, prediction_key=args.prediction_key
+    )
+    results = {
+        "model": str(args.predictions),
+        "config": {"scored_from": str(args.predictions)},
+        "data": {args.task: args.data or TASKS[args.task].hub_path},
+        "tasks": {args.task: summary},
+    }
+    if args.output:
+        write_atomic(args.output / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        write_atomic(args.output / "results.md", render_markdown(results))
+        write_atomic(args.output / "scored.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    print(render_markdown(results))
+    if summary["n_missing"]:
+        print(f"note: {summary['n_missing']} items of the data have no prediction and are not scored", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (`python -m zaya_vl.eval_vl.cli ...`) until zaya_vl/cli.py mounts these."""
+    parser = argparse.ArgumentParser(prog="zaya-vl")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_eval_args(subparsers)
+    add_score_args(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""ZAYA1 attention: CCA projections, q/k norm, partial RoPE, attention over the compressed cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zaya_vl.lm.cca import CCAProjection, QKNorm
+from zaya_vl.lm.config import ZayaLMConfig
+from zaya_vl.lm.layers import apply_rotary
+from zaya_vl.lora.gated import GatedLoRA
+
+
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    scale: float,
+    implementation: str = "sdpa",
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """query (b, heads, q, d); key/value (b, kv_heads, k, d); boolean ``mask`` from ``build_attention_mask``.
+
+    ``mask=None`` means causal when q == k and unrestricted otherwise (one decode step).
+    """
+    is_causal = mask is None and query.shape[2] == key.shape[2] and query.shape[2] > 1
+    if implementation == "eager":
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(query, key.transpose(2, 3)) * scale
+        if is_causal:
+            mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        probs = F.dropout(probs, p=dropout, training=dropout > 0)
+        return torch.matmul(probs, value)
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale, enable_gqa=True
+    )
+
+
+class ZayaAttention(nn.Module):
+    def __init__(self, config: ZayaLMConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.layer_type = config.layer_types[layer_idx]
+        self.head_dim = config.head_dim
+        self.qkv_proj = CCAProjection(config, layer_idx)
+        self.qk_norm = QKNorm(config)
+        self.o_proj = nn.Linear(config.num_attention_heads * config.head_dim, config.hidden_size,
+                                bias=config.attention_bias)
+        rank = config.vision_lora_rank_attn
+        self.vision_adapters = nn.ModuleDict(
+            {"o_proj": GatedLoRA(self.o_proj.in_features, self.o_proj.out_features, rank)}
+        ) if rank > 0 else None
+
+    def forward(self, x: torch.Tensor, ctx) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        cache = ctx.cache
+        query, key, value = self.qkv_proj(x, ctx)
+        query, key = self.qk_norm(query, key)
+        cos, sin = ctx.rotary[self.layer_type]
+        query = apply_rotary(query.transpose(1, 2), cos, sin)
+        key = apply_rotary(key.transpose(1, 2), cos, sin)
+        value = value.transpose(1, 2)
+        if cache is not None:
+            key, value = cache.update(self.layer_idx, key.to(cache.dtype), value.to(cache.dtype))
+            key, value = key.to(query.dtype), value.to(query.dtype)
+        out = attend(
+            query, key, value, ctx.attention_masks[self.layer_type],
+            scale=self.head_dim ** -0.5,
+            implementation=ctx.attn_implementation,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+        )
+        out = out.transpose(1, 2).reshape(batch, seq, -1)
+        projected = self.o_proj(out)
+        if self.vision_adapters is not None:
+            projected = self.vision_adapters["o_proj"].add_to(projected, out, ctx.image_rows)
+        return projected
+
+
+__all__ = ["attend", "ZayaAttention"]

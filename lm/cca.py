@@ -1,0 +1,214 @@
+"""Compressed Convolutional Attention (CCA) projections: q, k, v for one ZAYA1 layer.
+
+Queries and keys are projected into a compressed latent (``heads × head_dim`` and ``kv_heads × head_dim``),
+mixed over the last few tokens by a causal depthwise conv followed by a grouped conv, and added to a
+residual mean of q and k; values are half a projection of the current token and half a projection of the
+previous one. See https://huggingface.co/papers/2510.04476.
+
+The four projections run as one GEMM. Prefill applies the two convolutions as defined. For a decode step
+(and packed documents, whose window taps in another document must be zeroed) the two linear convolutions are
+folded into one grouped kernel over a window of ``conv_window + 1`` tokens, applied with one ``bmm`` on an
+``unfold`` view. The decode state is the last ``conv_window`` raw q|k rows and the last token's delayed value
+projection.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zaya_vl.lm.config import ZayaLMConfig
+from zaya_vl.lm.derived import DerivedTensors
+from zaya_vl.lora.gated import GatedLoRA
+
+
+class CCAProjection(nn.Module):
+    """Parameter names follow upstream ``ZayaCCAProjection`` so its checkpoints load unchanged."""
+
+    def __init__(self, config: ZayaLMConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.hidden_size, self.head_dim = config.hidden_size, config.head_dim
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.kv_groups = self.num_heads // self.num_kv_heads
+        self.window = config.conv_window
+        query_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.query_width = query_width
+        bias = config.attention_bias
+
+        self.q_proj = nn.Linear(self.hidden_size, query_width, bias=bias)
+        self.k_proj = nn.Linear(self.hidden_size, kv_width, bias=bias)
+        self.v_proj_current = nn.Linear(self.hidden_size, kv_width // 2, bias=bias)
+        self.v_proj_delayed = nn.Linear(self.hidden_size, kv_width // 2, bias=bias)
+        channels = query_width + kv_width
+        self.conv_groups = self.num_heads + self.num_kv_heads
+        self.conv_qk_depthwise = nn.Conv1d(channels, channels, config.cca_time0, groups=channels)
+        self.conv_qk_grouped = nn.Conv1d(channels, channels, config.cca_time1, groups=self.conv_groups)
+
+        rank = config.vision_lora_rank_attn
+        self.vision_adapters = nn.ModuleDict(
+            {name: GatedLoRA(self.hidden_size, getattr(self, name).out_features, rank)
+             for name in ("q_proj", "k_proj", "v_proj_current", "v_proj_delayed")}
+        ) if rank > 0 else None
+        self.value_width = kv_width // 2
+        self._derived = DerivedTensors()
+
+    # -- weights derived from the parameters (memoised at inference) ------------------------------------
+    def fused_projection(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q | k | v_current | v_delayed stacked: one GEMM projects a token for all four."""
+        projections = [self.q_proj, self.k_proj, self.v_proj_current, self.v_proj_delayed]
+
+        def build():
+            weight = torch.cat([p.weight for p in projections])
+            bias = torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None
+            return weight, bias
+
+        return self._derived.get("projection", [t for p in projections for t in p.parameters()], build)
+
+    def folded_conv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depthwise ∘ grouped conv as one grouped kernel (groups, out, in, taps) and its bias."""
+        depthwise, grouped = self.conv_qk_depthwise, self.conv_qk_grouped
+
+        def build():
+            groups, channels = self.conv_groups, depthwise.weight.shape[0]
+            per_group = channels // groups
+            w_depth = depthwise.weight.view(groups, 1, per_group, -1)               # (g, 1, in, t0)
+            w_group = grouped.weight.view(groups, per_group, per_group, -1)         # (g, out, in, t1)
+            t0, t1 = w_depth.shape[-1], w_group.shape[-1]
+            taps = []
+            for tap in range(t0 + t1 - 1):  # tap m sees the input m - (t0 + t1 - 2) steps back
+                taps.append(sum(w_group[..., j] * w_depth[..., tap - j]
+                                for j in range(t1) if 0 <= tap - j < t0))
+            kernel = torch.stack(taps, dim=-1)                                       # (g, out, in, taps)
+            bias = grouped.bias + torch.einsum("goit,gi->go", w_group,
+                                               depthwise.bias.view(groups, per_group)).reshape(-1)
+            return kernel, bias
+
+        return self._derived.get("conv", [*depthwise.parameters(), *grouped.parameters()], build)
+
+    def _conv_kernel(self, layout: str) -> torch.Tensor:
+        """The folded kernel laid out for ``bmm``: (groups, in·taps, out)."""
+        depthwise, grouped = self.conv_qk_depthwise, self.conv_qk_grouped
+
+        def build():
+            kernel, _ = self.folded_conv()
+            groups, out, inputs, taps = kernel.shape
+            return kernel.permute(0, 2, 3, 1).reshape(groups, inputs * taps, out).contiguous()
+
+        return self._derived.get(layout, [*depthwise.parameters(), *grouped.parameters()], build)
+
+    def convolve(self, qk: torch.Tensor, history: torch.Tensor, window_keep: torch.Tensor | None) -> torch.Tensor:
+        """Causal conv of raw q|k rows (batch, seq, channels) preceded by ``history`` (batch, window, channels)."""
+        batch, seq, channels = qk.shape
+        padded = torch.cat([history.to(qk.dtype), qk], dim=1)
+        if window_keep is None and seq > 1:
+            # Prefill: the two convolutions as the checkpoint defines them (oneDNN on CPU). Folding them would
+            # save an op but cost more FLOPs here: the grouped conv would need all window+1 taps.
+            mixed = self.conv_qk_grouped(self.conv_qk_depthwise(padded.transpose(1, 2)))
+            return mixed.transpose(1, 2)
+        # Decode and packed documents: explicit windows, so taps from another document can be zeroed.
+        windows = padded.unfold(1, self.window + 1, 1)                               # (b, seq, ch, taps)
+        if window_keep is not None:
+            windows = windows * window_keep[:, :, None, :].to(qk.dtype)
+        windows = windows.reshape(batch * seq, self.conv_groups, -1).transpose(0, 1)  # (g, b·seq, in·taps)
+        mixed = torch.bmm(windows, self._conv_kernel("bmm").to(qk.dtype)).transpose(0, 1)  # (b·seq, g, out)
+        return mixed.reshape(batch, seq, channels) + self.folded_conv()[1].to(qk.dtype)
+
+    # -- forward ------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return q (b, s, heads, d), k and v (b, s, kv_heads, d); read and update the cache's CCA state.
+
+        ``ctx.token_mask`` zeroes padding tokens before the projections so left padding equals no padding;
+        ``ctx.window_keep`` / ``ctx.delayed_keep`` cut the conv window and the delayed value at packed-document
+        starts; ``ctx.image_rows`` are the flat (b·s) rows of image tokens, where the vision LoRA applies.
+        """
+        batch, seq, _ = x.shape
+        cache, image_rows = ctx.cache, ctx.image_rows
+        if ctx.token_mask is not None:
+            x = x * ctx.token_mask[..., None].to(x.dtype)
+        weight, bias = self.fused_projection()
+        projected = F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
+        q, k, value_current, value_next = projected.split(
+            [self.query_width, self.k_proj.out_features, self.value_width, self.value_width], dim=-1)
+        adapters = self.vision_adapters if image_rows is not None else None
+        if adapters is not None:
+            q = adapters["q_proj"].add_to(q, x, image_rows)
+            k = adapters["k_proj"].add_to(k, x, image_rows)
+            value_current = adapters["v_proj_current"].add_to(value_current, x, image_rows)
+
+        # Conv over raw q|k: history is the cached window, or zeros (the reference's left zero padding).
+        qk = torch.cat([q, k], dim=-1)
+        if ctx.token_mask is not None and bias is not None:
+            qk = qk * ctx.token_mask[..., None].to(qk.dtype)
+        history = cache.conv_states[self.layer_idx] if cache is not None else None
+        if history is None:
+            history = qk.new_zeros(batch, self.window, qk.shape[-1])
+        mixed = self.convolve(qk, history, ctx.window_keep)
+
+        # Residual path: the mean of each query head and its key head, and its mean over the key head's group.
+        q5 = q.reshape(batch, seq, self.num_kv_heads, self.kv_groups, self.head_dim)
+        k4 = k.reshape(batch, seq, self.num_kv_heads, self.head_dim)
+        query_residual = (q5 + k4[:, :, :, None]) * 0.5
+        key_residual = query_residual.mean(dim=3)
+        query = mixed[..., : self.query_width].reshape(batch, seq, self.num_heads, self.head_dim)
+        query = query + query_residual.reshape(batch, seq, self.num_heads, self.head_dim)
+        key = mixed[..., self.query_width:].reshape(batch, seq, self.num_kv_heads, self.head_dim) + key_residual
+
+        # Values: the current token's projection, and the previous token's delayed projection — before the
+        # first token that is the projection of a zero input (its bias), as the reference pads.
+        start_value = (bias[-self.value_width:] if bias is not None else value_next.new_zeros(self.value_width))
+        start_value = start_value.to(x.dtype).expand(batch, 1, self.value_width)
+        resuming = cache is not None and cache.get_seq_length() > 0
+        first = cache.delayed_values[self.layer_idx][:, None].to(x.dtype) if resuming else start_value
+        value_delayed = torch.cat([first, value_next[:, :-1]], dim=1)
+        if ctx.delayed_keep is not None:
+            value_delayed = torch.where(ctx.delayed_keep[..., None], value_delayed, start_value)
+        next_adapter_input = None
+        if self.vision_adapters is not None:
+            value_delayed, next_adapter_input = self._delayed_adapter(x, value_delayed, ctx, image_rows)
+
+        if cache is not None:
+            cache.conv_states[self.layer_idx] = torch.cat([history.to(qk.dtype), qk], dim=1)[:, seq:].to(cache.dtype)
+            cache.delayed_values[self.layer_idx] = value_next[:, -1].to(cache.dtype)
+            if next_adapter_input is not None:
+                cache.delayed_adapter_inputs[self.layer_idx] = next_adapter_input.to(cache.dtype)
+        value = torch.cat([value_current, value_delayed], dim=-1).view(batch, seq, self.num_kv_heads, self.head_dim)
+        return query, key, value
+
+    def _delayed_adapter(self, x, value_delayed, ctx, image_rows):
+        """The gated LoRA of the delayed value: ``mask_t · B·A·x_{t-1}`` (the *current* token's mask, as the
+        reference applies it). The cache carries ``A·x`` of the last token for the next step."""
+        adapter = self.vision_adapters["v_proj_delayed"]
+        shrunk = x @ adapter.A.t().to(x.dtype)                                         # (b, s, rank)
+        if image_rows is not None:
+            cache = ctx.cache
+            first = (cache.delayed_adapter_inputs[self.layer_idx][:, None].to(x.dtype) if cache is not None
+                     else shrunk.new_zeros(x.shape[0], 1, adapter.rank))
+            previous = torch.cat([first, shrunk[:, :-1]], dim=1)
+            if ctx.delayed_keep is not None:
+                previous = previous * ctx.delayed_keep[..., None].to(x.dtype)
+            delta = previous.reshape(-1, adapter.rank).index_select(0, image_rows) @ adapter.B.t().to(x.dtype)
+            flat = value_delayed.reshape(-1, value_delayed.shape[-1]).index_add(0, image_rows, delta)
+            value_delayed = flat.view_as(value_delayed)
+        return value_delayed, shrunk[:, -1]
+
+
+class QKNorm(nn.Module):
+    """L2-normalise q and k to norm √head_dim; keys also get a learned per-KV-head temperature."""
+
+    def __init__(self, config: ZayaLMConfig) -> None:
+        super().__init__()
+        self.scale = math.sqrt(config.head_dim)
+        self.temp = nn.Parameter(torch.zeros(config.num_key_value_heads))
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eps = torch.finfo(query.dtype).eps
+        query = query * (self.scale / query.norm(dim=-1, keepdim=True).clamp_min(eps))
+        key = key * (self.scale / key.norm(dim=-1, keepdim=True).clamp_min(eps))
+        return query, key * self.temp[:, None].to(key.dtype)
+
+
+__all__ = ["CCAProjection", "QKNorm"]

@@ -1,0 +1,103 @@
+"""Small building blocks of the ZAYA1 LM: RMSNorm, learned residual scaling, partial RoPE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zaya_vl.lm.config import ZayaLMConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 (the residual stream is fp32), weight applied in the input's dtype."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel
+        normed = F.rms_norm(x.float(), self.weight.shape, None, self.eps)
+        return self.weight * normed.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class ResidualScaling(nn.Module):
+    """ZAYA1's learned merge of a branch into the residual: ``(branch + b₁)·s₁ + (residual + b₂)·s₂``."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_states_scale = nn.Parameter(torch.ones(hidden_size))
+        self.hidden_states_bias = nn.Parameter(torch.zeros(hidden_size))
+        self.residual_scale = nn.Parameter(torch.ones(hidden_size))
+        self.residual_bias = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        # (branch + b₁)·s₁ + (residual + b₂)·s₂ with the constant b₁s₁ + b₂s₂ folded: two passes over the
+        # activations instead of five.
+        constant = self.hidden_states_bias * self.hidden_states_scale + self.residual_bias * self.residual_scale
+        merged = torch.addcmul(constant.to(residual.dtype), branch.to(residual.dtype), self.hidden_states_scale)
+        return torch.addcmul(merged, residual, self.residual_scale)
+
+
+class RotaryEmbedding(nn.Module):
+    """Partial RoPE: the first ``partial_rotary_factor · head_dim`` channels of each head rotate.
+
+    One inverse-frequency table per layer type (full and sliding layers use different thetas).
+    """
+
+    def __init__(self, config: ZayaLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_types = sorted(set(config.layer_types))
+        for layer_type in self.layer_types:
+            rope_type = config.rope_parameters[layer_type].get("rope_type", "default")
+            if rope_type != "default":
+                raise NotImplementedError(
+                    f"rope_type {rope_type!r} for layer type {layer_type!r}: only 'default' RoPE is implemented "
+                    "(ZAYA1 checkpoints use it)."
+                )
+            self.register_buffer(f"{layer_type}_inv_freq", torch.empty(0), persistent=False)
+        self.reset_tables()
+
+    @torch.no_grad()
+    def reset_tables(self) -> None:
+        """(Re)compute the frequency tables; loading on the meta device leaves non-persistent buffers empty."""
+        for layer_type in self.layer_types:
+            inv_freq = self.inverse_frequencies(self.config, self.config.rope_parameters[layer_type])
+            setattr(self, f"{layer_type}_inv_freq", inv_freq.to(getattr(self, f"{layer_type}_inv_freq").device))
+
+    @staticmethod
+    def inverse_frequencies(config: ZayaLMConfig, params: dict) -> torch.Tensor:
+        rotary_dim = int(config.head_dim * params.get("partial_rotary_factor", 1.0))
+        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim
+        return 1.0 / (params["rope_theta"] ** exponents)
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """cos/sin of shape (batch, seq, rotary_dim) per layer type, computed in fp32."""
+        tables = {}
+        for layer_type in self.layer_types:
+            inv_freq = getattr(self, f"{layer_type}_inv_freq")
+            freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device)
+            angles = torch.cat((freqs, freqs), dim=-1)
+            tables[layer_type] = (angles.cos().to(dtype), angles.sin().to(dtype))
+        return tables
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` channels of ``x`` (batch, heads, seq, head_dim)."""
+    rotary_dim = cos.shape[-1]
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated_half = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    return torch.cat((x_rot * cos + rotated_half * sin, x_pass), dim=-1)
+
+
+__all__ = ["RMSNorm", "ResidualScaling", "RotaryEmbedding", "apply_rotary"]

@@ -1,0 +1,334 @@
+"""The ZAYA1 language model: decoder layers, the decoder stack, and the causal-LM head with generation.
+
+Module and parameter names follow upstream ``transformers.ZayaForCausalLM`` exactly, so its checkpoints load
+as they are and ours load there. The residual stream is kept in fp32 (ZAYA1's ``residual_in_fp32``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from zaya_vl.lm.attention import ZayaAttention
+from zaya_vl.lm.cache import ZayaCache
+from zaya_vl.lm.config import ZayaLMConfig
+from zaya_vl.lm.layers import ResidualScaling, RMSNorm, RotaryEmbedding
+from zaya_vl.lm.loss import causal_lm_loss
+from zaya_vl.lm.masks import build_attention_mask, image_span_ids_from_mask
+from zaya_vl.lm.moe import Routing, ZayaMoE
+from zaya_vl.lm.strict_loading import StrictLoadingMixin
+
+
+@dataclass
+class ForwardContext:
+    """What every layer of one forward needs, computed once."""
+
+    rotary: dict
+    attention_masks: dict
+    attn_implementation: str
+    cache: ZayaCache | None = None
+    token_mask: torch.Tensor | None = None        # (b, s) real tokens, only when the chunk has padding
+    window_keep: torch.Tensor | None = None       # (b, s, window+1) conv taps inside the same document
+    delayed_keep: torch.Tensor | None = None      # (b, s) previous token is in the same document
+    image_rows: torch.Tensor | None = None        # flat indices of image tokens (vision LoRA)
+    image_token: torch.Tensor | None = None       # (b·s,) bool, the same as a mask (expert LoRA)
+    routings: list = field(default_factory=list)  # filled when router outputs are requested
+
+
+class ZayaDecoderLayer(nn.Module):
+    def __init__(self, config: ZayaLMConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = ZayaAttention(config, layer_idx)
+        self.mlp = ZayaMoE(config, layer_idx)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_residual_scale = ResidualScaling(config.hidden_size)
+        self.post_mlp_residual_scale = ResidualScaling(config.hidden_size)
+
+    def forward(self, residual: torch.Tensor, router_state: torch.Tensor | None, ctx: ForwardContext,
+                keep_routing: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = self.input_layernorm.weight.dtype
+        attn_out = self.self_attn(self.input_layernorm(residual.to(dtype)), ctx)
+        residual = self.post_attention_residual_scale(attn_out, residual)
+        mlp_out, routing = self.mlp(self.post_attention_layernorm(residual.to(dtype)), router_state, ctx.image_token)
+        if keep_routing:
+            ctx.routings.append(routing)
+        return self.post_mlp_residual_scale(mlp_out, residual), routing.router_state
+
+
+class ZayaPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
+    config_class = ZayaLMConfig
+    config: ZayaLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ZayaDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_attention_backend = False
+    # The router runs in fp32 whatever the model dtype; keep its (small) weights there too.
+    _keep_in_fp32_modules = ["mlp.gate"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+        elif isinstance(module, RMSNorm):
+            module.weight.fill_(1.0)
+        elif isinstance(module, ResidualScaling):
+            for name in ("hidden_states_scale", "residual_scale"):
+                getattr(module, name).fill_(1.0)
+            for name in ("hidden_states_bias", "residual_bias"):
+                getattr(module, name).zero_()
+        elif module.__class__.__name__ == "ZayaRouter":
+            if module.use_eda:
+                module.router_states_scale.fill_(1.0)
+            module.balancing_biases.zero_()
+            module.balancing_biases[-1] = -1.0
+        elif module.__class__.__name__ == "ZayaExperts":
+            module.gate_up_proj.normal_(0.0, std)
+            module.down_proj.normal_(0.0, std)
+        elif module.__class__.__name__ == "QKNorm":
+            module.temp.fill_(1.0)
+        elif module.__class__.__name__ in ("GatedLoRA", "GatedExpertLoRA"):
+            module.A.normal_(0.0, std)
+            module.B.zero_()  # adapters start as the identity
+        elif isinstance(module, RotaryEmbedding):
+            module.reset_tables()
+        elif isinstance(module, ZayaLMModel):
+            module.input_hidden_states_scale.fill_(1.0)
+            module.input_hidden_states_bias.zero_()
+
+
+class ZayaLMModel(ZayaPreTrainedModel):
+    """The decoder stack (upstream ``ZayaModel``): embeddings → layers → final norm."""
+
+    def __init__(self, config: ZayaLMConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(ZayaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.input_hidden_states_scale = nn.Parameter(torch.ones(config.hidden_size))
+        self.input_hidden_states_bias = nn.Parameter(torch.zeros(config.hidden_size))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: ZayaCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        image_mask: torch.Tensor | None = None,
+        image_attention: str = "bidirectional",
+        segment_ids: torch.Tensor | None = None,
+        output_router_logits: bool = False,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """``image_mask`` (b, s) marks image tokens: the vision LoRA applies there, and with
+        ``image_attention="bidirectional"`` each image's tokens see the whole image. ``segment_ids`` (b, s)
+        numbers packed documents: attention, the CCA state and positions never cross a document boundary."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, seq = inputs_embeds.shape[:2]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.training and self.gradient_checkpointing:
+            use_cache = False
+        cache = past_key_values if use_cache or past_key_values is not None else None
+        if use_cache and cache is None:
+            cache = ZayaCache(self.config, batch, dtype=inputs_embeds.dtype, device=inputs_embeds.device)
+        if segment_ids is not None and cache is not None and cache.get_seq_length() > 0:
+            raise ValueError("segment_ids (packed documents) cannot be combined with a non-empty cache.")
+        past = cache.get_seq_length() if cache is not None else 0
+
+        if position_ids is None:
+            position_ids = self._default_positions(batch, seq, past, segment_ids, inputs_embeds.device)
+        ctx = self._context(attention_mask, cache, past, batch, seq, image_mask, image_attention, segment_ids,
+                            position_ids, inputs_embeds)
+
+        residual = ((inputs_embeds + self.input_hidden_states_bias) * self.input_hidden_states_scale).float()
+        router_state = None
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                residual, router_state = self._gradient_checkpointing_func(
+                    layer.__call__, residual, router_state, ctx, output_router_logits)
+            else:
+                residual, router_state = layer(residual, router_state, ctx, output_router_logits)
+        if cache is not None:
+            cache.advance(seq)
+        hidden = self.norm(residual.to(self.norm.weight.dtype))
+        out = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
+        if output_router_logits:
+            out["routings"] = ctx.routings
+        return out
+
+    @staticmethod
+    def _default_positions(batch, seq, past, segment_ids, device) -> torch.Tensor:
+        positions = torch.arange(past, past + seq, device=device).expand(batch, seq)
+        if segment_ids is None:
+            return positions
+        # Restart at 0 at each document start.
+        starts = torch.ones_like(segment_ids, dtype=torch.bool)
+        starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+        index = torch.arange(seq, device=device).expand(batch, seq)
+        last_start = torch.cummax(torch.where(starts, index, torch.zeros_like(index)), dim=1).values
+        return index - last_start
+
+    def _context(self, attention_mask, cache, past, batch, seq, image_mask, image_attention, segment_ids,
+                 position_ids, inputs_embeds) -> ForwardContext:
+        config, device = self.config, inputs_embeds.device
+        key_length = past + seq
+        padding_mask = attention_mask.bool() if attention_mask is not None else None
+        if padding_mask is not None and padding_mask.shape[-1] != key_length:
+            raise ValueError(f"attention_mask covers {padding_mask.shape[-1]} tokens but the cache holds {past} "
+                             f"and the input {seq}: it must cover all {key_length}.")
+        chunk_padding = padding_mask[:, past:] if padding_mask is not None else None
+        token_mask = chunk_padding if chunk_padding is not None and not bool(chunk_padding.all()) else None
+
+        if image_attention not in ("bidirectional", "causal"):
+            raise ValueError(f"image_attention={image_attention!r}; expected 'bidirectional' or 'causal'.")
+        span_ids = None
+        image_rows = image_token = None
+        if image_mask is not None and bool(image_mask.any()):
+            image_token = image_mask.reshape(-1).bool()
+            image_rows = image_token.nonzero().squeeze(1)
+            if image_attention == "bidirectional":
+                span_ids = image_span_ids_from_mask(image_mask)
+                if past:
+                    span_ids = torch.cat([span_ids.new_zeros(batch, past), span_ids], dim=1)
+
+        window_keep = delayed_keep = None
+        if segment_ids is not None:
+            # A conv tap or delayed input from another document counts as the zero padding before a start.
+            padded = torch.nn.functional.pad(segment_ids, (config.conv_window, 0), value=-1)
+            window_keep = padded.unfold(1, config.conv_window + 1, 1) == segment_ids[..., None]
+            previous = torch.nn.functional.pad(segment_ids, (1, 0), value=-1)[:, :-1]
+            delayed_keep = previous == segment_ids
+
+        masks = {}
+        for layer_type in set(config.layer_types):
+            masks[layer_type] = build_attention_mask(
+                batch_size=batch, query_length=seq, key_length=key_length, device=device,
+                padding_mask=padding_mask,
+                sliding_window=config.sliding_window if layer_type == "hybrid_sliding" else None,
+                image_span_ids=span_ids, segment_ids=segment_ids,
+            )
+        return ForwardContext(
+            rotary=self.rotary_emb(position_ids, inputs_embeds.dtype),
+            attention_masks=masks,
+            attn_implementation=config._attn_implementation or "sdpa",
+            cache=cache, token_mask=token_mask, window_keep=window_keep, delayed_keep=delayed_keep,
+            image_rows=image_rows, image_token=image_token,
+        )
+
+
+def output_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``hidden @ weight.T (+ bias)``. For the few rows of a decode step on CPU, computing the product as
+    ``(weight @ hidden.T).T`` lets MKL pick its tall-skinny kernel: about 2× faster for a large vocabulary."""
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    if hidden.device.type != "cpu" or not 1 < rows.shape[0] <= 64 or torch.is_grad_enabled():
+        return torch.nn.functional.linear(hidden, weight, bias)
+    logits = torch.mm(weight, rows.t()).t()
+    if bias is not None:
+        logits = logits + bias
+    return logits.reshape(*hidden.shape[:-1], weight.shape[0])
+
+
+class ZayaLM(ZayaPreTrainedModel, GenerationMixin):
+    """ZAYA1 causal LM (upstream ``ZayaForCausalLM`` layout): ``model.*`` + tied ``lm_head``."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _is_stateful = True
+
+    def __init__(self, config: ZayaLMConfig) -> None:
+        super().__init__(config)
+        self.model = ZayaLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: ZayaCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        image_mask: torch.Tensor | None = None,
+        image_attention: str = "bidirectional",
+        segment_ids: torch.Tensor | None = None,
+        output_router_logits: bool = False,
+        loss_chunk_size: int = 1024,
+        return_logits: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """With ``labels`` the loss is computed in chunks of ``loss_chunk_size`` tokens without ever holding
+        full fp32 logits, and logits are not returned unless ``return_logits=True``."""
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            image_mask=image_mask, image_attention=image_attention, segment_ids=segment_ids,
+            output_router_logits=output_router_logits,
+        )
+        hidden = outputs.last_hidden_state
+        loss = logits = None
+        if labels is not None:
+            loss = causal_lm_loss(hidden, self.lm_head.weight, labels, bias=self.lm_head.bias,
+                                  chunk_size=loss_chunk_size, segment_ids=segment_ids)
+        if labels is None or return_logits:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = output_logits(hidden[:, keep], self.lm_head.weight, self.lm_head.bias)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        if output_router_logits:
+            result["routings"] = outputs["routings"]
+        return result
+
+    # -- generation -------------------------------------------------------------------------------------
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
+                                      max_cache_length, *args, **kwargs) -> None:
+        # Our own compressed cache, preallocated to the generation's max length, replaces DynamicCache.
+        if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
+            return
+        copies = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
+        model_kwargs["past_key_values"] = ZayaCache(
+            self.config, batch_size * copies, max_length=max_cache_length, dtype=self.dtype, device=self.device)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
+
+__all__ = ["ZayaLM", "ZayaLMModel", "ZayaPreTrainedModel", "ZayaDecoderLayer", "ForwardContext", "Routing"]

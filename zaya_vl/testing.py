@@ -1,0 +1,85 @@
+"""Tiny random ZAYA1 checkpoints in the real layouts, for tests and benchmarks.
+
+Real weights are not downloadable in CI, so the test suite builds small models whose every parameter matters:
+``randomize_`` draws all weights at a chosen scale, perturbs the parts that start at identity (norms,
+residual scales, temperatures, adapters' B) and draws small balancing biases, as Zyphra's reference fixtures do.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TINY_LM = dict(
+    vocab_size=160,
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    moe_intermediate_size=32,
+    num_experts=4,
+    router_hidden_size=16,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+_IDENTITY_START = ("norm", "scale", "temp")
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int = 0, std: float = 0.15, skip_bias: float = -1.0) -> nn.Module:
+    """Overwrite every parameter with seeded random values; return ``model``.
+
+    Parameters that start at 1 (norm weights, residual scales, the q/k temperature) become ``1 + N(0, std)``;
+    all others ``N(0, std)``. Balancing biases become ``0.05·N(0, 1)`` with the skip choice at ``skip_bias``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        noise = torch.randn(param.shape, generator=generator) * std
+        leaf = name.rsplit(".", 1)[-1]
+        starts_at_one = leaf in ("weight", "temp") and any(tag in name for tag in _IDENTITY_START) or "_scale" in leaf
+        param.copy_((noise + 1.0 if starts_at_one else noise).to(param.dtype))
+    for name, buffer in sorted(model.named_buffers(), key=lambda item: item[0]):
+        if name.endswith("balancing_biases"):
+            values = torch.randn(buffer.shape, generator=generator) * 0.05
+            values[-1] = skip_bias
+            buffer.copy_(values)
+    return model
+
+
+def tiny_lm_config(**overrides):
+    from zaya_vl.lm.config import ZayaLMConfig
+
+    return ZayaLMConfig(**{**TINY_LM, **overrides})
+
+
+def tiny_upstream_zaya(seed: int = 0, std: float = 0.15, skip_bias: float = -1.0, **overrides):
+    """A randomly initialised upstream ``transformers.ZayaForCausalLM`` (the parity peer), in eval mode."""
+    import transformers
+
+    config = transformers.ZayaConfig(**{**TINY_LM, **overrides})
+    torch.manual_seed(seed)
+    model = transformers.ZayaForCausalLM(config).eval()
+    return randomize_(model, seed=seed, std=std, skip_bias=skip_bias)
+
+
+__all__ = ["TINY_LM", "randomize_", "tiny_lm_config", "tiny_upstream_zaya"]
+
+
+@torch.no_grad()
+def balance_routing_(model: nn.Module, input_ids: torch.Tensor) -> nn.Module:
+    """Set each layer's balancing biases so random weights spread tokens over experts like a trained model.
+
+    Random routers send nearly every token to one expert, which makes benchmarks and tests unrepresentative.
+    Layer by layer (a layer's routing changes the next layer's input), centre the router probabilities on a
+    calibration batch: ``bias = -mean(probs)``. Works on our ``ZayaLM`` (and loads into upstream unchanged).
+    """
+    layers = model.model.layers
+    for index, layer in enumerate(layers):
+        out = model(input_ids, use_cache=False, output_router_logits=True)
+        probs = torch.softmax(out["routings"][index].logits, dim=-1)
+        layer.mlp.gate.balancing_biases.copy_(-probs.mean(0))
+    return model
