@@ -56,7 +56,7 @@ class ZayaAttention(nn.Module):
                                 bias=config.attention_bias)
         rank = config.vision_lora_rank_attn
         self.vision_adapters = nn.ModuleDict(
-            {"o_proj": GatedLoRA(self.o_proj.in_features, self.o_proj.out_features, rank)}
+            {"o": GatedLoRA(self.o_proj.in_features, self.o_proj.out_features, rank)}
         ) if rank > 0 else None
 
     def forward(self, x: torch.Tensor, ctx) -> torch.Tensor:
@@ -80,7 +80,7 @@ class ZayaAttention(nn.Module):
         out = out.transpose(1, 2).reshape(batch, seq, -1)
         projected = self.o_proj(out)
         if self.vision_adapters is not None:
-            projected = self.vision_adapters["o_proj"].add_to(projected, out, ctx.image_rows)
+            projected = self.vision_adapters["o"].add_to(projected, out, ctx.image_rows)
         return projected
 
 

@@ -25,6 +25,11 @@ from zaya_vl.lm.derived import DerivedTensors
 from zaya_vl.lora.gated import GatedLoRA
 
 
+# Adapter name -> the projection it adapts. Adapter names deliberately differ from the projections' names, so
+# name-based tools (PEFT's target_modules) can address the base projections without matching the adapters.
+ADAPTED_PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v_current": "v_proj_current", "v_delayed": "v_proj_delayed"}
+
+
 class CCAProjection(nn.Module):
     """Parameter names follow upstream ``ZayaCCAProjection`` so its checkpoints load unchanged."""
 
@@ -50,8 +55,8 @@ class CCAProjection(nn.Module):
 
         rank = config.vision_lora_rank_attn
         self.vision_adapters = nn.ModuleDict(
-            {name: GatedLoRA(self.hidden_size, getattr(self, name).out_features, rank)
-             for name in ("q_proj", "k_proj", "v_proj_current", "v_proj_delayed")}
+            {adapter: GatedLoRA(self.hidden_size, getattr(self, projection).out_features, rank)
+             for adapter, projection in ADAPTED_PROJECTIONS.items()}
         ) if rank > 0 else None
         self.value_width = kv_width // 2
         self._derived = DerivedTensors()
@@ -109,6 +114,12 @@ class CCAProjection(nn.Module):
             # save an op but cost more FLOPs here: the grouped conv would need all window+1 taps.
             mixed = self.conv_qk_grouped(self.conv_qk_depthwise(padded.transpose(1, 2)))
             return mixed.transpose(1, 2)
+        if not self._plain(self.conv_qk_depthwise, self.conv_qk_grouped):
+            # Wrapped convolutions (e.g. PEFT adapters on them) run as modules over each step's window.
+            if window_keep is not None:
+                raise NotImplementedError("packed documents (segment_ids) with wrapped CCA convolutions")
+            windows = padded.unfold(1, self.window + 1, 1).reshape(batch * seq, channels, self.window + 1)
+            return self.conv_qk_grouped(self.conv_qk_depthwise(windows)).reshape(batch, seq, channels)
         # Decode and packed documents: explicit windows, so taps from another document can be zeroed.
         windows = padded.unfold(1, self.window + 1, 1)                               # (b, seq, ch, taps)
         if window_keep is not None:
@@ -116,6 +127,21 @@ class CCAProjection(nn.Module):
         windows = windows.reshape(batch * seq, self.conv_groups, -1).transpose(0, 1)  # (g, b·seq, in·taps)
         mixed = torch.bmm(windows, self._conv_kernel("bmm").to(qk.dtype)).transpose(0, 1)  # (b·seq, g, out)
         return mixed.reshape(batch, seq, channels) + self.folded_conv()[1].to(qk.dtype)
+
+    @staticmethod
+    def _plain(*modules: nn.Module) -> bool:
+        """True when the modules are the plain layers we fuse; PEFT (or any wrapper) must run as modules."""
+        return all(type(m) in (nn.Linear, nn.Conv1d) for m in modules)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k, v_current, and this token's delayed-value projection (the next token's delayed value)."""
+        projections = (self.q_proj, self.k_proj, self.v_proj_current, self.v_proj_delayed)
+        if not self._plain(*projections):
+            return tuple(projection(x) for projection in projections)
+        weight, bias = self.fused_projection()
+        projected = F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
+        return projected.split([self.query_width, self.k_proj.out_features, self.value_width, self.value_width],
+                               dim=-1)
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -129,19 +155,16 @@ class CCAProjection(nn.Module):
         cache, image_rows = ctx.cache, ctx.image_rows
         if ctx.token_mask is not None:
             x = x * ctx.token_mask[..., None].to(x.dtype)
-        weight, bias = self.fused_projection()
-        projected = F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
-        q, k, value_current, value_next = projected.split(
-            [self.query_width, self.k_proj.out_features, self.value_width, self.value_width], dim=-1)
+        q, k, value_current, value_next = self.project(x)
         adapters = self.vision_adapters if image_rows is not None else None
         if adapters is not None:
-            q = adapters["q_proj"].add_to(q, x, image_rows)
-            k = adapters["k_proj"].add_to(k, x, image_rows)
-            value_current = adapters["v_proj_current"].add_to(value_current, x, image_rows)
+            q = adapters["q"].add_to(q, x, image_rows)
+            k = adapters["k"].add_to(k, x, image_rows)
+            value_current = adapters["v_current"].add_to(value_current, x, image_rows)
 
         # Conv over raw q|k: history is the cached window, or zeros (the reference's left zero padding).
         qk = torch.cat([q, k], dim=-1)
-        if ctx.token_mask is not None and bias is not None:
+        if ctx.token_mask is not None and self.q_proj.bias is not None:
             qk = qk * ctx.token_mask[..., None].to(qk.dtype)
         history = cache.conv_states[self.layer_idx] if cache is not None else None
         if history is None:
@@ -159,7 +182,8 @@ class CCAProjection(nn.Module):
 
         # Values: the current token's projection, and the previous token's delayed projection — before the
         # first token that is the projection of a zero input (its bias), as the reference pads.
-        start_value = (bias[-self.value_width:] if bias is not None else value_next.new_zeros(self.value_width))
+        delayed_bias = self.v_proj_delayed.bias
+        start_value = delayed_bias if delayed_bias is not None else value_next.new_zeros(self.value_width)
         start_value = start_value.to(x.dtype).expand(batch, 1, self.value_width)
         resuming = cache is not None and cache.get_seq_length() > 0
         first = cache.delayed_values[self.layer_idx][:, None].to(x.dtype) if resuming else start_value
@@ -181,7 +205,7 @@ class CCAProjection(nn.Module):
     def _delayed_adapter(self, x, value_delayed, ctx, image_rows):
         """The gated LoRA of the delayed value: ``mask_t · B·A·x_{t-1}`` (the *current* token's mask, as the
         reference applies it). The cache carries ``A·x`` of the last token for the next step."""
-        adapter = self.vision_adapters["v_proj_delayed"]
+        adapter = self.vision_adapters["v_delayed"]
         shrunk = x @ adapter.A.t().to(x.dtype)                                         # (b, s, rank)
         if image_rows is not None:
             cache = ctx.cache

@@ -70,7 +70,7 @@ class ZayaPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = False
     # The router runs in fp32 whatever the model dtype; keep its (small) weights there too.
-    _keep_in_fp32_modules = ["mlp.gate"]
+    _keep_in_fp32_modules_strict = [r"mlp\.gate\."]  # a regex: the router, not vision mlp.gate_proj
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -253,17 +253,11 @@ def output_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return logits.reshape(*hidden.shape[:-1], weight.shape[0])
 
 
-class ZayaLM(ZayaPreTrainedModel, GenerationMixin):
-    """ZAYA1 causal LM (upstream ``ZayaForCausalLM`` layout): ``model.*`` + tied ``lm_head``."""
+class ZayaGenerationMixin(GenerationMixin):
+    """What a model with a ZAYA1 decoder (``self.model``) and ``self.lm_head`` shares: the loss / logits head
+    and generation with the compressed cache. Used by ``ZayaLM`` and by ``zaya_vl.ZayaVL``."""
 
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _is_stateful = True
-
-    def __init__(self, config: ZayaLMConfig) -> None:
-        super().__init__(config)
-        self.model = ZayaLMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
-        self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
@@ -276,6 +270,49 @@ class ZayaLM(ZayaPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    def head_outputs(self, outputs, labels, logits_to_keep, segment_ids, loss_chunk_size,
+                     return_logits) -> CausalLMOutputWithPast:
+        """With ``labels`` the loss is computed in chunks of ``loss_chunk_size`` tokens without ever holding full
+        fp32 logits, and logits are not returned unless ``return_logits=True``."""
+        hidden = outputs.last_hidden_state
+        loss = logits = None
+        if labels is not None:
+            loss = causal_lm_loss(hidden, self.lm_head.weight, labels, bias=self.lm_head.bias,
+                                  chunk_size=loss_chunk_size, segment_ids=segment_ids)
+        if labels is None or return_logits:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = output_logits(hidden[:, keep], self.lm_head.weight, self.lm_head.bias)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        if "routings" in outputs:
+            result["routings"] = outputs["routings"]
+        return result
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
+                                      max_cache_length, *args, **kwargs) -> None:
+        # Our own compressed cache, preallocated to the generation's max length, replaces DynamicCache.
+        if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
+            return
+        copies = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
+        model_kwargs["past_key_values"] = ZayaCache(
+            self.config.get_text_config(), batch_size * copies, max_length=max_cache_length, dtype=self.dtype,
+            device=self.device)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
+
+class ZayaLM(ZayaPreTrainedModel, ZayaGenerationMixin):
+    """ZAYA1 causal LM (upstream ``ZayaForCausalLM`` layout): ``model.*`` + tied ``lm_head``."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ZayaLMConfig) -> None:
+        super().__init__(config)
+        self.model = ZayaLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
+        self.post_init()
 
     def forward(
         self,
@@ -295,40 +332,14 @@ class ZayaLM(ZayaPreTrainedModel, GenerationMixin):
         return_logits: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """With ``labels`` the loss is computed in chunks of ``loss_chunk_size`` tokens without ever holding
-        full fp32 logits, and logits are not returned unless ``return_logits=True``."""
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
             image_mask=image_mask, image_attention=image_attention, segment_ids=segment_ids,
             output_router_logits=output_router_logits,
         )
-        hidden = outputs.last_hidden_state
-        loss = logits = None
-        if labels is not None:
-            loss = causal_lm_loss(hidden, self.lm_head.weight, labels, bias=self.lm_head.bias,
-                                  chunk_size=loss_chunk_size, segment_ids=segment_ids)
-        if labels is None or return_logits:
-            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = output_logits(hidden[:, keep], self.lm_head.weight, self.lm_head.bias)
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
-        if output_router_logits:
-            result["routings"] = outputs["routings"]
-        return result
-
-    # -- generation -------------------------------------------------------------------------------------
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
-                                      max_cache_length, *args, **kwargs) -> None:
-        # Our own compressed cache, preallocated to the generation's max length, replaces DynamicCache.
-        if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
-            return
-        copies = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
-        model_kwargs["past_key_values"] = ZayaCache(
-            self.config, batch_size * copies, max_length=max_cache_length, dtype=self.dtype, device=self.device)
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False
+        return self.head_outputs(outputs, labels, logits_to_keep, segment_ids, loss_chunk_size, return_logits)
 
 
-__all__ = ["ZayaLM", "ZayaLMModel", "ZayaPreTrainedModel", "ZayaDecoderLayer", "ForwardContext", "Routing"]
+__all__ = ["ZayaLM", "ZayaLMModel", "ZayaPreTrainedModel", "ZayaDecoderLayer", "ForwardContext", "Routing",
+           "ZayaGenerationMixin", "output_logits"]

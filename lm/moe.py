@@ -83,8 +83,8 @@ class ZayaExperts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(E, H, I))
         rank = config.vision_lora_rank_mlp
         self.vision_adapters = nn.ModuleDict({
-            "gate_up_proj": GatedExpertLoRA(E, H, 2 * I, rank),
-            "down_proj": GatedExpertLoRA(E, I, H, rank),
+            "gate_up": GatedExpertLoRA(E, H, 2 * I, rank),
+            "down": GatedExpertLoRA(E, I, H, rank),
         }) if rank > 0 else None
 
     def forward(self, x: torch.Tensor, routing: Routing, image_token: torch.Tensor | None = None) -> torch.Tensor:
@@ -111,13 +111,13 @@ class ZayaExperts(nn.Module):
             image_ends = torch.cumsum(torch.bincount(routing.expert[rows][image_sorted], minlength=E), dim=0)
         hidden = grouped_linear(x_sorted, self.gate_up_proj, expert_ends)
         if use_adapters:
-            delta = self.vision_adapters["gate_up_proj"].delta(x_sorted[image_positions], image_ends)
+            delta = self.vision_adapters["gate_up"].delta(x_sorted[image_positions], image_ends)
             hidden = hidden.index_add(0, image_positions, delta.to(hidden.dtype))
         gate, up = hidden.chunk(2, dim=-1)
         activated = F.silu(gate) * up
         y = grouped_linear(activated, self.down_proj, expert_ends)
         if use_adapters:
-            delta = self.vision_adapters["down_proj"].delta(activated[image_positions], image_ends)
+            delta = self.vision_adapters["down"].delta(activated[image_positions], image_ends)
             y = y.index_add(0, image_positions, delta.to(y.dtype))
         y = y * routing.weight.index_select(0, rows)[:, None].to(y.dtype)
 

@@ -66,9 +66,6 @@ def tiny_upstream_zaya(seed: int = 0, std: float = 0.15, skip_bias: float = -1.0
     return randomize_(model, seed=seed, std=std, skip_bias=skip_bias)
 
 
-__all__ = ["TINY_LM", "randomize_", "tiny_lm_config", "tiny_upstream_zaya"]
-
-
 @torch.no_grad()
 def balance_routing_(model: nn.Module, input_ids: torch.Tensor) -> nn.Module:
     """Set each layer's balancing biases so random weights spread tokens over experts like a trained model.
@@ -83,3 +80,41 @@ def balance_routing_(model: nn.Module, input_ids: torch.Tensor) -> nn.Module:
         probs = torch.softmax(out["routings"][index].logits, dim=-1)
         layer.mlp.gate.balancing_biases.copy_(-probs.mean(0))
     return model
+
+
+TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                   spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+TINY_IMAGE_TOKENS = dict(image_token_id=150, vision_start_token_id=151, vision_end_token_id=152)
+
+
+def tiny_vl_config(image_attention: str = "bidirectional", lora_ranks: tuple[int, int] = (4, 8), vision=None,
+                   **text_overrides):
+    """A tiny ZAYA1-VL config: the tiny LM (with vision LoRA) under a 2-block Qwen2.5-VL tower."""
+    from zaya_vl.configuration import ZayaVLConfig
+
+    text = tiny_lm_config(vision_lora_rank_attn=lora_ranks[0], vision_lora_rank_mlp=lora_ranks[1], **text_overrides)
+    vision_config = {**TINY_VISION, "out_hidden_size": text.hidden_size, **(vision or {})}
+    return ZayaVLConfig(text_config=text, vision_config=vision_config, image_attention=image_attention,
+                        **TINY_IMAGE_TOKENS)
+
+
+def image_prompt(grids: list[tuple[int, int, int]], text_before: int = 3, text_after: int = 4, seed: int = 0,
+                 vocab: int = 150, merge: int = 2, tokens=TINY_IMAGE_TOKENS, patch_dim: int = 3 * 2 * 14 * 14):
+    """One prompt's ``input_ids`` with an expanded span per image, and random ``pixel_values``/``image_grid_thw``."""
+    generator = torch.Generator().manual_seed(seed)
+    pieces = [torch.randint(3, vocab, (text_before,), generator=generator)]
+    for t, h, w in grids:
+        pieces.append(torch.tensor([tokens["vision_start_token_id"]]))
+        pieces.append(torch.full((t * h * w // merge ** 2,), tokens["image_token_id"]))
+        pieces.append(torch.tensor([tokens["vision_end_token_id"]]))
+        pieces.append(torch.randint(3, vocab, (text_after,), generator=generator))
+    patches = sum(t * h * w for t, h, w in grids)
+    return {
+        "input_ids": torch.cat(pieces)[None],
+        "pixel_values": torch.randn(patches, patch_dim, generator=generator),
+        "image_grid_thw": torch.tensor(grids, dtype=torch.long),
+    }
+
+
+__all__ = ["TINY_LM", "TINY_VISION", "balance_routing_", "image_prompt", "randomize_", "tiny_lm_config",
+           "tiny_upstream_zaya", "tiny_vl_config"]

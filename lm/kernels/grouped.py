@@ -20,7 +20,9 @@ def _grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if x.device.type == "cuda":
         # The CUDA kernel wants bf16 and 16-byte aligned rows.
         return x.dtype == torch.bfloat16 and x.shape[-1] % 8 == 0 and weight.shape[1] % 8 == 0
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+    # Both matrices' rows must be 16-byte aligned (the rank-r LoRA factors often are not).
+    aligned = all(size * x.element_size() % 16 == 0 for size in (x.shape[-1], weight.shape[1]))
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and aligned
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

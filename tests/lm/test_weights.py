@@ -68,3 +68,15 @@ def test_strict_false_loads_anyway(saved_upstream):
     _rewrite_checkpoint(saved_upstream, lambda t: t.update({"model.unused": torch.zeros(1)}))
     model, info = ZayaLM.from_pretrained(saved_upstream, strict=False, output_loading_info=True)
     assert "model.unused" in info["unexpected_keys"]
+
+
+@torch.no_grad()
+def test_bf16_loading_keeps_the_router_in_fp32(saved_upstream):
+    model = ZayaLM.from_pretrained(saved_upstream, dtype=torch.bfloat16).eval()
+    assert model.model.layers[0].self_attn.o_proj.weight.dtype == torch.bfloat16
+    gate = model.model.layers[0].mlp.gate
+    assert {p.dtype for p in gate.parameters()} == {torch.float32} and gate.balancing_biases.dtype == torch.float32
+    reference = ZayaLM.from_pretrained(saved_upstream).eval()
+    input_ids = torch.randint(3, 160, (1, 12), generator=torch.Generator().manual_seed(4))
+    close = (model(input_ids).logits.float() - reference(input_ids).logits).abs().max()
+    assert close < 0.1 * reference(input_ids).logits.abs().max()

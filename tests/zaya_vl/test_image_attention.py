@@ -1,0 +1,97 @@
+"""Image attention: bidirectional within each image, causal text; padding-, backend- and cache-invariant."""
+
+import pytest
+import torch
+
+from zaya_vl import ZayaVL
+from zaya_vl.testing import image_prompt, randomize_, tiny_vl_config
+
+
+def tiny_model(image_attention="bidirectional", seed=0):
+    return randomize_(ZayaVL(tiny_vl_config(image_attention=image_attention)), seed=seed, std=0.2).eval()
+
+
+def logits_with_perturbed_image_token(model, prompt, token_index, monkeypatch):
+    """Logits when one image token's embedding (after the merger) is changed; everything else identical."""
+    real = model.get_image_features
+
+    def perturbed(pixel_values, image_grid_thw):
+        embeds = real(pixel_values, image_grid_thw).clone()
+        embeds[token_index] += 1.0
+        return embeds
+
+    monkeypatch.setattr(model, "get_image_features", perturbed)
+    try:
+        return model(**prompt, use_cache=False).logits[0]
+    finally:
+        monkeypatch.setattr(model, "get_image_features", real)
+
+
+@pytest.mark.parametrize("image_attention", ["bidirectional", "causal"])
+@torch.no_grad()
+def test_a_later_image_token_reaches_earlier_image_tokens_only_when_bidirectional(image_attention, monkeypatch):
+    model = tiny_model(image_attention)
+    prompt = image_prompt([(1, 4, 6)], text_before=3, text_after=4)  # 3 text, start, 6 image, end, 4 text
+    image_positions = (prompt["input_ids"][0] == model.config.image_token_id).nonzero().squeeze(1)
+    first_image, last_image = int(image_positions[0]), int(image_positions[-1])
+    base = model(**prompt, use_cache=False).logits[0]
+    changed = logits_with_perturbed_image_token(model, prompt, token_index=-1, monkeypatch=monkeypatch)
+
+    assert torch.equal(changed[:first_image], base[:first_image])  # text before the image: never
+    earlier_image_moved = (changed[first_image:last_image] - base[first_image:last_image]).abs().amax(-1)
+    if image_attention == "bidirectional":
+        assert bool((earlier_image_moved > 1e-4).all())
+    else:
+        assert torch.equal(changed[first_image:last_image], base[first_image:last_image])
+    assert (changed[last_image + 2:] - base[last_image + 2:]).abs().max() > 1e-4  # text after sees the image
+
+
+@torch.no_grad()
+def test_images_do_not_see_each_other_beyond_causal_order(monkeypatch):
+    model = tiny_model("bidirectional")
+    prompt = image_prompt([(1, 2, 4), (1, 4, 2)], text_before=2, text_after=3)
+    image_positions = (prompt["input_ids"][0] == model.config.image_token_id).nonzero().squeeze(1)
+    first_image_tokens = image_positions[:2]
+    base = model(**prompt, use_cache=False).logits[0]
+    changed = logits_with_perturbed_image_token(model, prompt, token_index=-1, monkeypatch=monkeypatch)
+    # The second image's last token does not reach the first image's tokens (they come before it).
+    assert torch.equal(changed[first_image_tokens], base[first_image_tokens])
+
+
+@torch.no_grad()
+def test_padding_never_changes_real_tokens_in_bidirectional_mode():
+    model = tiny_model("bidirectional", seed=1)
+    long = image_prompt([(1, 4, 4)], text_before=5, text_after=3, seed=1)
+    short = image_prompt([(1, 2, 2)], text_before=1, text_after=2, seed=2)
+    pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
+    input_ids = torch.cat([long["input_ids"], torch.cat([torch.zeros(1, pad, dtype=torch.long), short["input_ids"]], 1)])
+    attention_mask = (torch.arange(input_ids.shape[1]) >= torch.tensor([[0], [pad]])).long()
+    batched = model(input_ids=input_ids, attention_mask=attention_mask,
+                    pixel_values=torch.cat([long["pixel_values"], short["pixel_values"]]),
+                    image_grid_thw=torch.cat([long["image_grid_thw"], short["image_grid_thw"]])).logits
+    torch.testing.assert_close(batched[0], model(**long).logits[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(batched[1, pad:], model(**short).logits[0], atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_eager_and_sdpa_attention_agree():
+    model = tiny_model("bidirectional", seed=2)
+    prompt = image_prompt([(1, 4, 4), (1, 2, 2)], seed=3)
+    sdpa = model(**prompt).logits
+    model.model.config._attn_implementation = "eager"
+    eager = model(**prompt).logits
+    torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("image_attention", ["bidirectional", "causal"])
+@torch.no_grad()
+def test_cached_decoding_after_an_image_prompt_equals_full_forward(image_attention):
+    model = tiny_model(image_attention, seed=3)
+    prompt = image_prompt([(1, 4, 4)], seed=4)
+    out = model.generate(**prompt, max_new_tokens=6, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True)
+    full = model(input_ids=out.sequences, pixel_values=prompt["pixel_values"],
+                 image_grid_thw=prompt["image_grid_thw"], use_cache=False).logits[0]
+    prompt_length = prompt["input_ids"].shape[1]
+    expected = full[prompt_length - 1: prompt_length - 1 + 6]
+    torch.testing.assert_close(torch.cat(out.logits), expected, atol=1e-4, rtol=0)

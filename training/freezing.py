@@ -1,0 +1,116 @@
+"""Which parameters a stage trains: presets by name pattern, plus the config's include/exclude patterns.
+
+| stage | text-only LM (`ZayaLM`) | VL model (`ZayaVL`) |
+|---|---|---|
+| `pretrain` | everything | the LM (`model.*`, `lm_head.*`); the vision tower frozen |
+| `align` | (error: needs a VL model) | the patch merger (`vision_tower.merger.*`) and the vision LoRA (`*.vision_adapters.*`) |
+| `sft` | everything | merger + vision LoRA + the LM decoder layers (`model.layers.*`); embeddings, head and vision encoder frozen |
+
+With PEFT LoRA (``lora:`` in the config) the LM parts of a preset are dropped (the LoRA matrices train
+instead) and every ``lora_*`` parameter is trainable; patterns match names without PEFT's
+``base_model.model.`` prefix. Then ``freeze.train`` patterns are added and ``freeze.freeze`` patterns removed.
+Patterns are shell globs (``fnmatch``; ``*`` also crosses dots). A pattern that matches no parameter is an
+error, so a typo cannot silently train (or freeze) nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+
+from torch import nn
+
+from zaya_vl.training.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+VISION_TRAINABLE = ["vision_tower.merger.*", "*.vision_adapters.*"]
+LM_DECODER = ["model.layers.*"]
+PEFT_PREFIX = "base_model.model."
+PEFT_MARKERS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+
+
+def preset_patterns(stage: str, is_vl: bool, with_lora: bool) -> list[str]:
+    if stage == "align":
+        if not is_vl:
+            raise ConfigError("stage: 'align' trains the vision merger and vision LoRA; it needs a VL model "
+                              "(model.kind vl), not a text-only LM")
+        return list(VISION_TRAINABLE)
+    if stage == "pretrain":
+        if with_lora:
+            return []
+        return ["model.*", "lm_head.*"] if is_vl else ["*"]
+    if stage == "sft":
+        if is_vl:
+            return VISION_TRAINABLE + ([] if with_lora else LM_DECODER)
+        return [] if with_lora else ["*"]
+    raise ConfigError(f"stage: unknown stage {stage!r}; expected pretrain, sft or align")
+
+
+@dataclass
+class FreezeReport:
+    trainable_parameters: int
+    total_parameters: int
+    trainable_names: list[str]
+
+    def describe(self) -> str:
+        share = 100.0 * self.trainable_parameters / max(self.total_parameters, 1)
+        return (f"trainable parameters: {self.trainable_parameters:,} of {self.total_parameters:,} "
+                f"({share:.2f}%) in {len(self.trainable_names)} tensors")
+
+
+def _plain_name(name: str) -> str:
+    return name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def apply_freezing(model: nn.Module, stage: str, is_vl: bool, train_patterns: list[str] | None = None,
+                   freeze_patterns: list[str] | None = None, with_lora: bool = False) -> FreezeReport:
+    """Set ``requires_grad`` on every parameter of ``model`` and report the trainable count."""
+    preset = preset_patterns(stage, is_vl, with_lora)
+    train_patterns, freeze_patterns = list(train_patterns or []), list(freeze_patterns or [])
+    named = list(model.named_parameters(remove_duplicate=False))
+    plain_names = [_plain_name(name) for name, _ in named]
+    for key, patterns in (("freeze.train", train_patterns), ("freeze.freeze", freeze_patterns)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in plain_names):
+                raise ConfigError(f"{key}: pattern {pattern!r} matches no parameter of the model "
+                                  f"(names look like {plain_names[0]!r}, {plain_names[-1]!r})")
+
+    decisions: dict[int, tuple[bool, str]] = {}
+    for (name, param), plain in zip(named, plain_names):
+        is_lora = with_lora and any(marker in name for marker in PEFT_MARKERS)
+        trainable = is_lora or _matches(plain, preset) or _matches(plain, train_patterns)
+        if _matches(plain, freeze_patterns):
+            trainable = False
+        previous = decisions.get(id(param))
+        if previous is not None and previous[0] != trainable:
+            raise ConfigError(f"{previous[1]} and {plain} are the same (tied) tensor but the patterns "
+                              f"{'train' if previous[0] else 'freeze'} the first and "
+                              f"{'train' if trainable else 'freeze'} the second; name both the same way")
+        decisions[id(param)] = (trainable, plain)
+
+    seen = set()
+    trainable_count = total = 0
+    trainable_names = []
+    for name, param in named:
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        trainable = decisions[id(param)][0]
+        param.requires_grad_(trainable)
+        total += param.numel()
+        if trainable:
+            trainable_count += param.numel()
+            trainable_names.append(_plain_name(name))
+    if trainable_count == 0:
+        raise ConfigError(f"stage {stage!r} with freeze patterns train={train_patterns} freeze={freeze_patterns} "
+                          "leaves no trainable parameter")
+    return FreezeReport(trainable_count, total, trainable_names)
+
+
+__all__ = ["FreezeReport", "PEFT_PREFIX", "VISION_TRAINABLE", "apply_freezing", "preset_patterns"]

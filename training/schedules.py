@@ -1,0 +1,70 @@
+"""Learning-rate schedules as multipliers of the peak lr, one value per optimizer step.
+
+- ``constant``: linear warmup, then 1.
+- ``cosine``: linear warmup, then cosine from 1 down to ``min_lr_ratio`` at the last step.
+- ``wsd`` (warmup–stable–decay): linear warmup, 1 until the last ``decay_fraction`` of the steps, then a
+  ``linear`` / ``cosine`` / ``sqrt`` (1 − √progress) decay to ``min_lr_ratio``. The stable phase makes it easy
+  to continue a run or branch a decay off any checkpoint.
+
+Warmup multiplies step ``s`` (0-based) by ``(s + 1) / warmup_steps``, so the first step already learns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from zaya_vl.training.config import ScheduleConfig
+
+
+class LRMultiplier:
+    """A picklable ``step -> multiplier`` (its fields are saved with the scheduler's state)."""
+
+    def __init__(self, name: str, max_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1,
+                 decay_fraction: float = 0.2, decay_shape: str = "linear") -> None:
+        if name not in ("constant", "cosine", "wsd"):
+            raise ValueError(f"unknown schedule {name!r}; expected constant, cosine or wsd")
+        if decay_shape not in ("linear", "cosine", "sqrt"):
+            raise ValueError(f"unknown decay shape {decay_shape!r}; expected linear, cosine or sqrt")
+        self.name, self.max_steps, self.warmup_steps = name, max_steps, warmup_steps
+        self.min_lr_ratio, self.decay_fraction, self.decay_shape = min_lr_ratio, decay_fraction, decay_shape
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.name == "constant":
+            return 1.0
+        last = max(self.max_steps - 1, 1)
+        if self.name == "cosine":
+            progress = _clamp((step - self.warmup_steps) / max(last - self.warmup_steps, 1))
+            return self._towards_min(0.5 * (1.0 + math.cos(math.pi * progress)))
+        decay_steps = round(self.decay_fraction * self.max_steps)
+        decay_start = self.max_steps - decay_steps
+        if decay_steps == 0 or step < decay_start:
+            return 1.0
+        progress = _clamp((step - decay_start + 1) / decay_steps)
+        if self.decay_shape == "linear":
+            remaining = 1.0 - progress
+        elif self.decay_shape == "cosine":
+            remaining = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            remaining = 1.0 - math.sqrt(progress)
+        return self._towards_min(remaining)
+
+    def _towards_min(self, remaining: float) -> float:
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * remaining
+
+
+def _clamp(x: float) -> float:
+    return min(max(x, 0.0), 1.0)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig,
+                    max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    multiplier = LRMultiplier(config.name, max_steps, config.warmup_steps, config.min_lr_ratio,
+                              config.decay_fraction, config.decay_shape)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+__all__ = ["LRMultiplier", "build_scheduler"]

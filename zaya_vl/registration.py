@@ -1,0 +1,32 @@
+"""Registration with transformers' Auto classes, so `AutoModelForImageTextToText.from_pretrained(path)` and
+`AutoProcessor.from_pretrained(path)` work on our checkpoints (native and reference layouts) without
+`trust_remote_code`."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+_done = False
+
+
+def register() -> None:
+    global _done
+    if _done:
+        return
+    from zaya_vl.configuration import ReferenceZayaVLConfig, ZayaVLConfig
+    from zaya_vl.modeling import ReferenceLayoutZayaVL, ZayaVL
+
+    AutoConfig.register(ZayaVLConfig.model_type, ZayaVLConfig, exist_ok=True)
+    AutoConfig.register(ReferenceZayaVLConfig.model_type, ReferenceZayaVLConfig, exist_ok=True)
+    AutoModelForImageTextToText.register(ZayaVLConfig, ZayaVL, exist_ok=True)
+    AutoModelForImageTextToText.register(ReferenceZayaVLConfig, ReferenceLayoutZayaVL, exist_ok=True)
+    try:
+        from zaya_vl.processing import ZayaVLProcessor
+    except ImportError:  # the processor module is optional while the package is being assembled
+        ZayaVLProcessor = None
+    if ZayaVLProcessor is not None:
+        AutoProcessor.register(ZayaVLConfig, ZayaVLProcessor, exist_ok=True)
+    _done = True
+
+
+__all__ = ["register"]
