@@ -21,11 +21,16 @@ def attend(
     scale: float,
     implementation: str = "sdpa",
     dropout: float = 0.0,
+    block_mask=None,
 ) -> torch.Tensor:
     """query (b, heads, q, d); key/value (b, kv_heads, k, d); boolean ``mask`` from ``build_attention_mask``.
 
-    ``mask=None`` means causal when q == k and unrestricted otherwise (one decode step).
+    ``mask=None`` means causal when q == k and unrestricted otherwise (one decode step). With
+    ``implementation="flex_attention"`` a prefill uses FlexAttention on ``block_mask`` (the same mask, from
+    ``to_block_mask``); single-token decode steps take SDPA, which needs no block mask.
     """
+    if implementation == "flex_attention" and block_mask is not None:
+        return _flex_attention(query.device)(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=True)
     is_causal = mask is None and query.shape[2] == key.shape[2] and query.shape[2] > 1
     if implementation == "eager":
         groups = query.shape[1] // key.shape[1]
@@ -41,6 +46,20 @@ def attend(
     return F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale, enable_gqa=True
     )
+
+
+_COMPILED_FLEX = {}
+
+
+def _flex_attention(device: torch.device):
+    """FlexAttention, compiled on GPU (its fast path); on CPU the eager reference runs (tests only)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return flex_attention
+    if "cuda" not in _COMPILED_FLEX:
+        _COMPILED_FLEX["cuda"] = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX["cuda"]
 
 
 class ZayaAttention(nn.Module):
@@ -76,6 +95,7 @@ class ZayaAttention(nn.Module):
             scale=self.head_dim ** -0.5,
             implementation=ctx.attn_implementation,
             dropout=self.config.attention_dropout if self.training else 0.0,
+            block_mask=ctx.block_masks.get(self.layer_type),
         )
         out = out.transpose(1, 2).reshape(batch, seq, -1)
         projected = self.o_proj(out)

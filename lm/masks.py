@@ -1,6 +1,6 @@
 """The one attention-mask builder: padding + causal order + sliding window + image spans + documents.
 
-Every attention backend consumes what this returns: a boolean mask (True = may attend) of shape
+Every attention backend consumes what this returns (FlexAttention through ``to_block_mask``): a boolean mask (True = may attend) of shape
 (batch or 1, 1, queries, keys), or ``None`` when plain causal attention (or none at all) is exact, so SDPA
 can take its fast ``is_causal`` path. Queries are the last ``query_length`` of the ``key_length`` keys.
 
@@ -62,6 +62,25 @@ def build_attention_mask(
     return allowed.expand(batch_size, -1, -1, -1) if allowed.shape[0] == 1 else allowed
 
 
+def to_block_mask(mask: torch.Tensor | None, *, query_length: int, key_length: int, device: torch.device):
+    """The same mask for FlexAttention, as a ``BlockMask``; ``None`` (plain causal) becomes its causal block mask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if mask is None:
+        offset = key_length - query_length
+
+        def mask_mod(b, h, q, k):
+            return k <= q + offset
+
+        return create_block_mask(mask_mod, None, None, query_length, key_length, device=device)
+    dense = mask[:, 0]
+
+    def mask_mod(b, h, q, k):  # noqa: F811 - one of the two definitions is used
+        return dense[b, q, k]
+
+    return create_block_mask(mask_mod, dense.shape[0], None, query_length, key_length, device=device)
+
+
 def image_span_ids_from_mask(image_mask: torch.Tensor) -> torch.Tensor:
     """Number each maximal run of image tokens in a row 1, 2, …; text positions get 0."""
     image_mask = image_mask.bool()
@@ -70,4 +89,4 @@ def image_span_ids_from_mask(image_mask: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(run_starts.long(), dim=1) * image_mask.long()
 
 
-__all__ = ["build_attention_mask", "image_span_ids_from_mask"]
+__all__ = ["build_attention_mask", "image_span_ids_from_mask", "to_block_mask"]

@@ -18,7 +18,7 @@ from zaya_vl.lm.cache import ZayaCache
 from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lm.layers import ResidualScaling, RMSNorm, RotaryEmbedding
 from zaya_vl.lm.loss import causal_lm_loss
-from zaya_vl.lm.masks import build_attention_mask, image_span_ids_from_mask
+from zaya_vl.lm.masks import build_attention_mask, image_span_ids_from_mask, to_block_mask
 from zaya_vl.lm.moe import Routing, ZayaMoE
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
 
@@ -37,6 +37,7 @@ class ForwardContext:
     image_rows: torch.Tensor | None = None        # flat indices of image tokens (vision LoRA)
     image_token: torch.Tensor | None = None       # (b·s,) bool, the same as a mask (expert LoRA)
     routings: list = field(default_factory=list)  # filled when router outputs are requested
+    block_masks: dict = field(default_factory=dict)  # FlexAttention's form of attention_masks, for prefill
 
 
 class ZayaDecoderLayer(nn.Module):
@@ -68,6 +69,7 @@ class ZayaPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     _no_split_modules = ["ZayaDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
+    _supports_flex_attn = True
     _supports_attention_backend = False
     # The router runs in fp32 whatever the model dtype; keep its (small) weights there too.
     _keep_in_fp32_modules_strict = [r"mlp\.gate\."]  # a regex: the router, not vision mlp.gate_proj
@@ -232,10 +234,16 @@ class ZayaLMModel(ZayaPreTrainedModel):
                 sliding_window=config.sliding_window if layer_type == "hybrid_sliding" else None,
                 image_span_ids=span_ids, segment_ids=segment_ids,
             )
+        implementation = config._attn_implementation or "sdpa"
+        block_masks = {}
+        if implementation == "flex_attention" and seq > 1:
+            block_masks = {layer_type: to_block_mask(mask, query_length=seq, key_length=key_length, device=device)
+                           for layer_type, mask in masks.items()}
         return ForwardContext(
             rotary=self.rotary_emb(position_ids, inputs_embeds.dtype),
             attention_masks=masks,
-            attn_implementation=config._attn_implementation or "sdpa",
+            block_masks=block_masks,
+            attn_implementation=implementation,
             cache=cache, token_mask=token_mask, window_keep=window_keep, delayed_keep=delayed_keep,
             image_rows=image_rows, image_token=image_token,
         )

@@ -36,6 +36,7 @@ class ZayaVLPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     _no_split_modules = ["ZayaDecoderLayer", "Qwen2_5_VLVisionBlock"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
+    _supports_flex_attn = True
     _keep_in_fp32_modules_strict = [r"mlp\.gate\."]  # a regex: the router, not vision mlp.gate_proj
 
     @torch.no_grad()

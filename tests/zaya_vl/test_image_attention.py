@@ -95,3 +95,26 @@ def test_cached_decoding_after_an_image_prompt_equals_full_forward(image_attenti
     prompt_length = prompt["input_ids"].shape[1]
     expected = full[prompt_length - 1: prompt_length - 1 + 6]
     torch.testing.assert_close(torch.cat(out.logits), expected, atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_flex_attention_uses_the_same_mask_as_sdpa():
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    model = tiny_model("bidirectional", seed=4)
+    first = image_prompt([(1, 4, 4)], text_before=4, seed=5)
+    second = image_prompt([(1, 2, 2)], text_before=2, seed=6)
+    pad = first["input_ids"].shape[1] - second["input_ids"].shape[1]
+    batch = dict(
+        input_ids=torch.cat([first["input_ids"], torch.nn.functional.pad(second["input_ids"], (pad, 0))]),
+        attention_mask=(torch.arange(first["input_ids"].shape[1]) >= torch.tensor([[0], [pad]])).long(),
+        pixel_values=torch.cat([first["pixel_values"], second["pixel_values"]]),
+        image_grid_thw=torch.cat([first["image_grid_thw"], second["image_grid_thw"]]),
+    )
+    sdpa = model(**batch).logits
+    model.model.config._attn_implementation = "flex_attention"
+    flex = model(**batch).logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(flex[real], sdpa[real], atol=1e-5, rtol=0)
+    generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    model.model.config._attn_implementation = "sdpa"
+    assert torch.equal(generated, model.generate(**batch, max_new_tokens=3, do_sample=False))
