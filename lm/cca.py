@@ -108,12 +108,13 @@ class CCAProjection(nn.Module):
     def convolve(self, qk: torch.Tensor, history: torch.Tensor, window_keep: torch.Tensor | None) -> torch.Tensor:
         """Causal conv of raw q|k rows (batch, seq, channels) preceded by ``history`` (batch, window, channels)."""
         batch, seq, channels = qk.shape
-        padded = torch.cat([history.to(qk.dtype), qk], dim=1)
         if window_keep is None and seq > 1:
-            # Prefill: the two convolutions as the checkpoint defines them (oneDNN on CPU). Folding them would
-            # save an op but cost more FLOPs here: the grouped conv would need all window+1 taps.
-            mixed = self.conv_qk_grouped(self.conv_qk_depthwise(padded.transpose(1, 2)))
-            return mixed.transpose(1, 2)
+            # Prefill: the two convolutions as the checkpoint defines them (oneDNN on CPU), on a contiguous
+            # channels-first copy. Folding them would save an op but cost more FLOPs here: the grouped conv
+            # would need all window+1 taps.
+            padded = torch.cat([history.to(qk.dtype), qk], dim=1).transpose(1, 2).contiguous()
+            return self.conv_qk_grouped(self.conv_qk_depthwise(padded)).transpose(1, 2)
+        padded = torch.cat([history.to(qk.dtype), qk], dim=1)
         if not self._plain(self.conv_qk_depthwise, self.conv_qk_grouped):
             # Wrapped convolutions (e.g. PEFT adapters on them) run as modules over each step's window.
             if window_keep is not None:

@@ -14,7 +14,7 @@ _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
 
 def _grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if not _HAS_GROUPED_MM or x.requires_grad or weight.requires_grad:
+    if not _HAS_GROUPED_MM or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
         # torch._grouped_mm's backward is CUDA-only in the builds we support; autograd takes the loop.
         return False
     if x.device.type == "cuda":
