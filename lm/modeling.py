@@ -36,7 +36,7 @@ class ForwardContext:
     delayed_keep: torch.Tensor | None = None      # (b, s) previous token is in the same document
     image_rows: torch.Tensor | None = None        # flat indices of image tokens (vision LoRA)
     image_token: torch.Tensor | None = None       # (b·s,) bool, the same as a mask (expert LoRA)
-    routings: list = field(default_factory=list)  # filled when router outputs are requested
+    routings: dict = field(default_factory=dict)  # layer index -> Routing, when router outputs are requested
     block_masks: dict = field(default_factory=dict)  # FlexAttention's form of attention_masks, for prefill
 
 
@@ -56,8 +56,8 @@ class ZayaDecoderLayer(nn.Module):
         attn_out = self.self_attn(self.input_layernorm(residual.to(dtype)), ctx)
         residual = self.post_attention_residual_scale(attn_out, residual)
         mlp_out, routing = self.mlp(self.post_attention_layernorm(residual.to(dtype)), router_state, ctx.image_token)
-        if keep_routing:
-            ctx.routings.append(routing)
+        if keep_routing:  # by layer index: activation checkpointing's recompute overwrites, not appends
+            ctx.routings[self.self_attn.layer_idx] = routing
         return self.post_mlp_residual_scale(mlp_out, residual), routing.router_state
 
 
@@ -180,7 +180,7 @@ class ZayaLMModel(ZayaPreTrainedModel):
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         out = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
         if output_router_logits:
-            out["routings"] = ctx.routings
+            out["routings"] = [ctx.routings[i] for i in sorted(ctx.routings)]
         return out
 
     @staticmethod

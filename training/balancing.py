@@ -12,7 +12,8 @@ update), and the controller moves the biases toward a uniform load:
 
 ``bias₀`` is the bias the run started from (a released checkpoint's trained biases are kept as the offset).
 By default the skip choice is left alone and the load is measured among tokens routed to real experts;
-``include_skip`` balances the skip choice as one more class. The gains are in ``BalancingConfig``.
+``include_skip`` balances the skip choice as one more class. Layers whose router is frozen are left alone.
+The gains are in ``BalancingConfig``.
 """
 
 from __future__ import annotations
@@ -73,9 +74,12 @@ class BalancingController:
     """PID controller over ``(layers, num_experts + 1)`` balancing biases. Holds no model reference: the
     trainer passes loads in and writes the returned biases back with :func:`set_biases`."""
 
-    def __init__(self, initial_biases: torch.Tensor, kp: float = 0.01, ki: float = 0.001, kd: float = 0.0,
-                 include_skip: bool = False, output_limit: float = 1.0) -> None:
+    def __init__(self, initial_biases: torch.Tensor, kp: float = 0.05, ki: float = 0.01, kd: float = 0.0,
+                 include_skip: bool = False, output_limit: float = 1.0,
+                 active_layers: list[bool] | None = None) -> None:
         self.base = initial_biases.detach().float().cpu().clone()
+        # Layers whose router is frozen keep their biases (and so their routing) exactly.
+        self.active = torch.tensor(active_layers if active_layers is not None else [True] * self.base.shape[0])
         self.kp, self.ki, self.kd = kp, ki, kd
         self.include_skip, self.output_limit = include_skip, output_limit
         self.num_experts = self.base.shape[1] - 1
@@ -90,7 +94,8 @@ class BalancingController:
         total = counted.sum(1, keepdim=True)
         fractions = counted / total.clamp_min(1)
         error = 1.0 / counted.shape[1] - fractions
-        return torch.where(total > 0, error, torch.zeros_like(error)).float()  # a layer with no tokens: no signal
+        keep = (total > 0) & self.active[:, None]  # a layer with no tokens gives no signal
+        return torch.where(keep, error, torch.zeros_like(error)).float()
 
     def update(self, loads: torch.Tensor) -> torch.Tensor:
         """Take one step from this step's token counts; return the new biases (layers, num_experts + 1)."""
@@ -113,7 +118,7 @@ class BalancingController:
 
     def state_dict(self) -> dict:
         return {"base": self.base, "integral": self.integral, "previous_error": self.previous_error,
-                "updates": self.updates, "gains": (self.kp, self.ki, self.kd)}
+                "updates": self.updates, "gains": (self.kp, self.ki, self.kd), "active": self.active}
 
     def load_state_dict(self, state: dict) -> None:
         if state["base"].shape != self.base.shape:

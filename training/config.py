@@ -102,9 +102,9 @@ class ScheduleConfig:
 class BalancingConfig:
     """The PID controller on the MoE balancing biases (see ``balancing.py``)."""
 
-    enabled: Literal["auto", "true", "false"] = "auto"  # auto: on when the routers are being trained
-    kp: float = 0.01
-    ki: float = 0.001
+    enabled: Literal["auto", "true", "false"] = "auto"  # auto: steer each layer whose router is trained
+    kp: float = 0.05
+    ki: float = 0.01
     kd: float = 0.0
     include_skip: bool = False                    # also steer the skip choice toward its uniform share
     output_limit: float = 1.0                     # |bias change| the controller may apply (anti-windup)
@@ -238,7 +238,7 @@ def _build(cls, data: Any, prefix: str):
         dotted = f"{prefix}{key}"
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else f"; valid keys: {', '.join(names)}"
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown key {dotted!r}{hint}")
         kwargs[key] = _coerce(hints[key], value, dotted)
     return cls(**kwargs)

@@ -85,6 +85,8 @@ class JsonlRecords(Sequence):
             for line in handle:
                 number += 1
                 if line.strip():
+                    if not self._offsets and line.lstrip().startswith(b"["):
+                        raise DataError(f"{self.path} holds a JSON array; write one JSON object per line (JSONL)")
                     self._offsets.append((offset, number))
                 offset += len(line)
         self._handle = None
@@ -170,6 +172,8 @@ class SampleEncoder:
     def __init__(self, tokenizer, config: DataConfig, processor=None, image_root: Path | None = None) -> None:
         self.tokenizer, self.processor, self.config = tokenizer, processor, config
         self.image_root = image_root
+        # A VL checkpoint may keep its chat template on the processor rather than on the tokenizer.
+        self.chat_template = getattr(tokenizer, "chat_template", None) or getattr(processor, "chat_template", None)
         self.placeholder_id = _token_id(tokenizer, "<image>")
         self.image_token_ids = {i for i in (
             getattr(processor, "image_token_id", None),
@@ -216,7 +220,8 @@ class SampleEncoder:
         sources = self._image_sources(record, messages, where)
         try:
             templated = self.tokenizer.apply_chat_template(
-                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+                messages, chat_template=self.chat_template, tokenize=True, return_dict=True,
+                return_assistant_tokens_mask=True)
         except Exception as error:  # noqa: BLE001 - jinja errors name the template, not the record
             raise InvalidSample(where, "malformed", f"the chat template failed on this record: {error}") from None
         ids, mask = list(templated["input_ids"]), list(templated["assistant_masks"])
@@ -271,7 +276,7 @@ class SampleEncoder:
                 images.append(load_image(source, name=name))
             except (ImageLoadError, TypeError) as error:
                 raise InvalidSample(where, "image", f"image could not be loaded: {error}") from None
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False)
         try:
             processed = self.processor(images=images, text=[prompt], return_tensors="pt", add_special_tokens=False)
         except ImageLoadError as error:

@@ -9,7 +9,8 @@
 With PEFT LoRA (``lora:`` in the config) the LM parts of a preset are dropped (the LoRA matrices train
 instead) and every ``lora_*`` parameter is trainable; patterns match names without PEFT's
 ``base_model.model.`` prefix. Then ``freeze.train`` patterns are added and ``freeze.freeze`` patterns removed.
-Patterns are shell globs (``fnmatch``; ``*`` also crosses dots). A pattern that matches no parameter is an
+Patterns are shell globs (``fnmatch``; ``*`` also crosses dots). A tensor shared under two names (the tied
+embedding / LM head) trains if either name is selected and neither is frozen. A pattern that matches no parameter is an
 error, so a typo cannot silently train (or freeze) nothing.
 """
 
@@ -81,18 +82,15 @@ def apply_freezing(model: nn.Module, stage: str, is_vl: bool, train_patterns: li
                 raise ConfigError(f"{key}: pattern {pattern!r} matches no parameter of the model "
                                   f"(names look like {plain_names[0]!r}, {plain_names[-1]!r})")
 
-    decisions: dict[int, tuple[bool, str]] = {}
+    # A tensor shared under several names (tied embeddings) trains if any name is selected and none frozen.
+    selected: dict[int, bool] = {}
+    frozen: dict[int, bool] = {}
     for (name, param), plain in zip(named, plain_names):
         is_lora = with_lora and any(marker in name for marker in PEFT_MARKERS)
-        trainable = is_lora or _matches(plain, preset) or _matches(plain, train_patterns)
-        if _matches(plain, freeze_patterns):
-            trainable = False
-        previous = decisions.get(id(param))
-        if previous is not None and previous[0] != trainable:
-            raise ConfigError(f"{previous[1]} and {plain} are the same (tied) tensor but the patterns "
-                              f"{'train' if previous[0] else 'freeze'} the first and "
-                              f"{'train' if trainable else 'freeze'} the second; name both the same way")
-        decisions[id(param)] = (trainable, plain)
+        chosen = is_lora or _matches(plain, preset) or _matches(plain, train_patterns)
+        selected[id(param)] = selected.get(id(param), False) or chosen
+        frozen[id(param)] = frozen.get(id(param), False) or _matches(plain, freeze_patterns)
+    decisions = {key: selected[key] and not frozen[key] for key in selected}
 
     seen = set()
     trainable_count = total = 0
@@ -101,7 +99,7 @@ def apply_freezing(model: nn.Module, stage: str, is_vl: bool, train_patterns: li
         if id(param) in seen:
             continue
         seen.add(id(param))
-        trainable = decisions[id(param)][0]
+        trainable = decisions[id(param)]
         param.requires_grad_(trainable)
         total += param.numel()
         if trainable:

@@ -151,11 +151,10 @@ class RowStream:
             n = self.seq_len
             return [Encoded(sample.input_ids[i:i + n], sample.labels[i:i + n], f"{sample.where} piece {k}")
                     for k, i in enumerate(range(0, len(sample), n))]
-        what = "has images and cannot be split" if sample.has_images else "(set data.split_long_documents to cut it)"
+        hint = ("it has images, so it is never split" if sample.has_images
+                else "set data.split_long_documents to cut text into pieces")
         raise InvalidSample(sample.where, "overlength",
-                            f"{len(sample)} tokens, more than data.seq_len={self.seq_len}; the sample {what}"
-                            if sample.has_images else
-                            f"{len(sample)} tokens, more than data.seq_len={self.seq_len} {what}")
+                            f"{len(sample)} tokens, more than data.seq_len={self.seq_len} ({hint})")
 
     def _skip(self, error: InvalidSample) -> None:
         if self.on_invalid != "skip":

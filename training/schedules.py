@@ -19,7 +19,7 @@ from zaya_vl.training.config import ScheduleConfig
 
 
 class LRMultiplier:
-    """A picklable ``step -> multiplier`` (its fields are saved with the scheduler's state)."""
+    """``step -> multiplier`` of the peak learning rate."""
 
     def __init__(self, name: str, max_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1,
                  decay_fraction: float = 0.2, decay_shape: str = "linear") -> None:
@@ -64,7 +64,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig,
                     max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     multiplier = LRMultiplier(config.name, max_steps, config.warmup_steps, config.min_lr_ratio,
                               config.decay_fraction, config.decay_shape)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    # A plain function, not the object: LambdaLR would save a callable object's fields with its state and a
+    # resume would then bring back the old schedule. The schedule follows the config (e.g. a run extended to
+    # more steps); the step count comes from the checkpoint.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: multiplier(step))
 
 
 __all__ = ["LRMultiplier", "build_scheduler"]

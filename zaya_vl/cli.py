@@ -2,6 +2,7 @@
 
     zaya-vl describe [--preset zaya1-8b]     sizes of a config: parameters, active parameters, KV bytes/token
     zaya-vl demo-lm                          generate with the bundled tiny LM, print tokens/s
+    zaya-vl train CONFIG [--resume]          text phases and VL stages with accelerate
     zaya-vl eval --model PATH --tasks ...    DocVQA / AI2D / MathVista, resumable
     zaya-vl score --task T --data D --predictions P.jsonl
 """
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from zaya_vl import demo_lm
     from zaya_vl.eval_vl.cli import add_eval_args, add_score_args
     from zaya_vl.lm.presets import PRESETS
+    from zaya_vl.training.cli import add_train_args
 
     parser = argparse.ArgumentParser(prog="zaya-vl", description="ZAYA1-VL: run, fine-tune and evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_lm.add_arguments(demo)
     demo.set_defaults(func=demo_lm.command)
 
+    add_train_args(sub)
     add_eval_args(sub)
     add_score_args(sub)
     return parser

@@ -1,4 +1,5 @@
-"""Grouped (per-expert) linear layers over rows sorted by expert: the torch path.
+"""Grouped (per-expert) linear layers over rows sorted by expert: the torch path, and the references the
+Triton kernels in ``moe_triton.py`` are tested against.
 
 ``grouped_linear(x, weight, offsets)`` computes ``x[rows of e] @ weight[e].T`` for every expert ``e`` in
 one call, where the rows of expert ``e`` are ``offsets[e-1]:offsets[e]``. It uses ``torch._grouped_mm``
@@ -8,7 +9,10 @@ tokens — otherwise.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
@@ -40,4 +44,45 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
     return torch.cat(outputs) if outputs else x.new_empty(0, weight.shape[1])
 
 
-__all__ = ["grouped_linear"]
+class ExpertLoRA(NamedTuple):
+    """A per-expert vision LoRA applied to the image rows only. Rows are sorted by (expert, is_image), so each
+    expert's image rows are the tail of its range; ``image_positions`` lists them in that order and
+    ``image_ends`` (experts,) are the cumulative image-row counts."""
+
+    A: torch.Tensor                 # (experts, rank, in)
+    B: torch.Tensor                 # (experts, out, rank)
+    image_positions: torch.Tensor   # (image_rows,) long, row indices into x
+    image_ends: torch.Tensor        # (experts,) cumulative ends
+
+
+def grouped_linear_reference(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
+                             lora: ExpertLoRA | None = None) -> torch.Tensor:
+    """``grouped_linear`` plus ``B·A·x`` at the image rows: shrink and expand only over the image sub-ranges."""
+    out = grouped_linear(x, weight, offsets)
+    if lora is None:
+        return out
+    shrunk = grouped_linear(x[lora.image_positions], lora.A.to(x.dtype), lora.image_ends)
+    delta = grouped_linear(shrunk, lora.B.to(x.dtype), lora.image_ends)
+    return out.index_add(0, lora.image_positions, delta.to(out.dtype))
+
+
+def grouped_swiglu_reference(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
+                             lora: ExpertLoRA | None = None) -> torch.Tensor:
+    """``silu(gate) * up`` of the grouped gate_up projection (``weight`` (E, 2I, in): gate rows first)."""
+    gate, up = grouped_linear_reference(x, weight, offsets, lora).chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def expert_mlp_tokens_reference(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
+                                expert: torch.Tensor) -> torch.Tensor:
+    """Unsorted tokens, each through its own expert's SwiGLU MLP; ``expert == E`` (skip) gives zeros."""
+    out = x.new_zeros(x.shape[0], down.shape[1])
+    for token, chosen in enumerate(expert.tolist()):
+        if chosen < gate_up.shape[0]:
+            gate, up = F.linear(x[token:token + 1], gate_up[chosen]).chunk(2, dim=-1)
+            out[token] = F.linear(F.silu(gate) * up, down[chosen])[0]
+    return out
+
+
+__all__ = ["grouped_linear", "ExpertLoRA", "grouped_linear_reference", "grouped_swiglu_reference",
+           "expert_mlp_tokens_reference"]

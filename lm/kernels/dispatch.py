@@ -1,0 +1,113 @@
+"""Pick the fastest correct kernel for a call: Triton on GPUs, torch everywhere else.
+
+``ZAYA_VL_KERNELS`` = ``auto`` (default) | ``torch`` | ``triton``. ``auto`` uses Triton for CUDA tensors
+when Triton imports, and torch on CPU: the Triton interpreter is for tests, never fast. ``triton`` also runs
+the kernels on CPU when ``TRITON_INTERPRET=1`` (how the tests drive them); where they cannot run, it warns
+once and uses torch, so CPU always works. The Triton kernels have no backward: a call that autograd must
+differentiate takes the torch path. Triton is imported lazily, on the first call that wants it, so
+``TRITON_INTERPRET`` set by then is honoured and a missing or broken Triton only means torch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from functools import lru_cache
+
+import torch
+
+from zaya_vl.lm.kernels.cca_reference import cca_conv_reference
+from zaya_vl.lm.kernels.grouped import (ExpertLoRA, expert_mlp_tokens_reference, grouped_linear_reference,
+                                        grouped_swiglu_reference)
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DECODE_MAX_TOKENS = 8  # up to this many tokens a step skips the MoE sort and updates the CCA state in place
+
+
+@lru_cache(maxsize=None)
+def _triton_modules():
+    try:
+        from zaya_vl.lm.kernels import cca_triton, moe_triton
+    except Exception:  # noqa: BLE001 - no Triton, or one that cannot load here: torch it is
+        return None
+    return moe_triton, cca_triton
+
+
+@lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def kernel_backend(device: torch.device | str, dtype: torch.dtype) -> str:
+    """``"triton"`` or ``"torch"`` for tensors on ``device`` of ``dtype``."""
+    choice = os.environ.get("ZAYA_VL_KERNELS", "auto").strip().lower() or "auto"
+    if choice not in ("auto", "torch", "triton"):
+        raise ValueError(f"ZAYA_VL_KERNELS={choice!r}; expected auto, torch or triton.")
+    device_type = torch.device(device).type
+    if choice == "torch" or dtype not in _DTYPES:
+        return "torch"
+    if choice == "auto":
+        return "triton" if device_type == "cuda" and _triton_modules() is not None else "torch"
+    interpreting = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    if (device_type == "cuda" or device_type == "cpu" and interpreting) and _triton_modules() is not None:
+        return "triton"
+    _warn_once(f"ZAYA_VL_KERNELS=triton cannot run on {device_type} here (Triton missing, or CPU without "
+               "TRITON_INTERPRET=1); using the torch kernels.")
+    return "torch"
+
+
+def _use_triton(*tensors: torch.Tensor | None) -> bool:
+    present = [t for t in tensors if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
+        return False
+    return kernel_backend(present[0].device, present[0].dtype) == "triton"
+
+
+def _lora_tensors(lora: ExpertLoRA | None) -> tuple:
+    return (lora.A, lora.B) if lora is not None else ()
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
+                   lora: ExpertLoRA | None = None) -> torch.Tensor:
+    """Rows of ``x`` sorted by expert through ``weight[e]`` (+ the vision LoRA on the image rows)."""
+    if _use_triton(x, weight, *_lora_tensors(lora)):
+        return _triton_modules()[0].grouped_gemm(x, weight, offsets, lora)
+    return grouped_linear_reference(x, weight, offsets, lora)
+
+
+def grouped_swiglu(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
+                   lora: ExpertLoRA | None = None) -> torch.Tensor:
+    """``silu(gate) * up`` of the grouped gate_up projection (+ LoRA on the image rows, before the activation)."""
+    if _use_triton(x, weight, *_lora_tensors(lora)):
+        return _triton_modules()[0].grouped_gemm(x, weight, offsets, lora, swiglu=True)
+    return grouped_swiglu_reference(x, weight, offsets, lora)
+
+
+def expert_mlp_tokens(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    """A few unsorted tokens through their experts' MLPs (skip-routed: zeros)."""
+    if _use_triton(x, gate_up, down):
+        return _triton_modules()[0].expert_mlp_tokens(x, gate_up, down, expert)
+    return expert_mlp_tokens_reference(x, gate_up, down, expert)
+
+
+def cca_decode_conv(qk: torch.Tensor, state: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
+                    num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """CCA conv + bias + residual means of a decode step's raw q|k; shifts ``state`` in place."""
+    if qk.shape[1] <= DECODE_MAX_TOKENS and _use_triton(qk, kernel, bias):
+        return _triton_modules()[1].cca_conv(qk, state, kernel, bias, num_heads, num_kv_heads, update_state=True)
+    return cca_conv_reference(qk, state, kernel, bias, num_heads, num_kv_heads, update_state=True)
+
+
+def cca_prefill_conv(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
+                     num_heads: int, num_kv_heads: int, temperature: torch.Tensor | None = None) -> torch.Tensor:
+    """CCA conv + bias + residual means over a chunk (``history``: the rows before it, not updated).
+
+    With ``temperature`` (``QKNorm.temp``) the result is also QKNorm'ed, fused in the same kernel."""
+    if _use_triton(qk, kernel, bias, temperature):
+        return _triton_modules()[1].cca_conv(qk, history, kernel, bias, num_heads, num_kv_heads,
+                                             temperature=temperature)
+    return cca_conv_reference(qk, history, kernel, bias, num_heads, num_kv_heads, temperature=temperature)
+
+
+__all__ = ["DECODE_MAX_TOKENS", "ExpertLoRA", "kernel_backend", "grouped_linear", "grouped_swiglu",
+           "expert_mlp_tokens", "cca_decode_conv", "cca_prefill_conv"]

@@ -1,0 +1,177 @@
+"""Building the model, its tokenizer / processor, optional PEFT LoRA, and the final ``save_pretrained``.
+
+The trainer uses only the public model API: ``from_pretrained`` / ``save_pretrained``, ``forward`` with
+``labels``, ``segment_ids`` and ``output_router_logits``, ``gradient_checkpointing_enable`` and the routers'
+``balancing_biases`` buffers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zaya_vl.training.config import ConfigError, LoraConfig, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+VL_MODEL_TYPES = ("zaya_vl", "zaya1_vl")
+LM_MODEL_TYPES = ("zaya",)
+# Linear layers whose weights the model reads directly (fused GEMMs, the fp32 router), so a PEFT wrapper
+# around them would never run: LoRA there would train nothing. The image-gated vision LoRA covers them.
+# The router reads its (fp32) weights directly, so a PEFT adapter there would never run. The CCA projections
+# are fine: CCAProjection runs wrapped projections as modules instead of its fused GEMM.
+_NOT_PEFT_ADAPTABLE_PARENTS = ("ZayaRouter", "RouterMLP")
+
+
+@dataclass
+class ModelBundle:
+    model: nn.Module
+    tokenizer: object
+    processor: object | None
+    is_vl: bool
+
+
+def model_kind(config: ModelConfig) -> str:
+    if config.kind != "auto":
+        return config.kind
+    if config.config is not None:
+        fields = config.config
+        model_type = fields.get("model_type")
+        if model_type in VL_MODEL_TYPES or "vision_config" in fields or "text_config" in fields:
+            return "vl"
+        return "lm"
+    config_file = Path(config.path).expanduser() / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"model.path: {config.path} has no config.json; set model.kind to 'lm' or 'vl' "
+                          "for a hub id")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type in VL_MODEL_TYPES:
+        return "vl"
+    if model_type in LM_MODEL_TYPES:
+        return "lm"
+    raise ConfigError(f"model.path: model_type {model_type!r} is neither a ZAYA1 LM {LM_MODEL_TYPES} nor "
+                      f"ZAYA1-VL {VL_MODEL_TYPES}")
+
+
+def build_model(config: ModelConfig, seed: int, tokenizer=None, processor=None) -> ModelBundle:
+    """The model from ``config``; ``tokenizer`` / ``processor`` objects, when given, replace loading them from
+    ``model.tokenizer`` (or ``model.path``)."""
+    kind = model_kind(config)
+    dtype = getattr(torch, config.dtype)
+    if kind == "vl":
+        from zaya_vl import ZayaVL as model_class
+        from zaya_vl import ZayaVLConfig as config_class
+    else:
+        from zaya_vl.lm import ZayaLM as model_class
+        from zaya_vl.lm import ZayaLMConfig as config_class
+    kwargs = dict(config.overrides)
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    if config.path is not None:
+        model = model_class.from_pretrained(config.path, dtype=dtype, **kwargs)
+    else:
+        torch.manual_seed(seed)
+        fields = {k: v for k, v in config.config.items() if k != "model_type"}
+        model_config = config_class(**fields, **kwargs)
+        model = model_class(model_config).to(dtype)
+    tokenizer_path = config.tokenizer or config.path
+    if kind == "vl" and processor is None or kind == "lm" and tokenizer is None and processor is None:
+        if tokenizer_path is None:
+            raise ConfigError("model.tokenizer: a new model (model.config) needs a tokenizer/processor folder")
+        if kind == "vl":
+            processor = _load_processor(tokenizer_path)
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if kind == "lm":
+        processor = None  # a text-only LM trains on text only; image samples are invalid
+    if processor is not None:
+        tokenizer = processor.tokenizer
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ConfigError(f"model.tokenizer: the tokenizer has {len(tokenizer)} tokens but the model's "
+                          f"embedding only {vocab}")
+    if tokenizer.pad_token_id is None:
+        raise ConfigError("model.tokenizer: the tokenizer has no pad token")
+    if config.gradient_checkpointing:
+        # Non-reentrant: frozen inputs (a frozen embedding) need no requires_grad hack, and any argument type passes.
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return ModelBundle(model, tokenizer, processor, kind == "vl")
+
+
+def _load_processor(path: str):
+    try:
+        from zaya_vl.processing import ZayaVLProcessor
+    except ImportError as error:  # the processor module is part of the VL model
+        raise ConfigError(f"VL training needs zaya_vl.processing.ZayaVLProcessor ({error})") from error
+    return ZayaVLProcessor.from_pretrained(path)
+
+
+def upcast_trainable_(model: nn.Module) -> None:
+    """Keep trainable parameters (and so the optimizer's state) in fp32 when the frozen weights are bf16."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError("lora: PEFT LoRA needs the `peft` package (pip install peft)") from None
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in config.target_modules and isinstance(module, nn.Linear):
+            parent = modules[name.rsplit(".", 1)[0]] if "." in name else model
+            if type(parent).__name__ in _NOT_PEFT_ADAPTABLE_PARENTS:
+                raise ConfigError(
+                    f"lora.target_modules: {leaf!r} ({name}) cannot take a PEFT adapter: the model reads its "
+                    "weight directly (the fp32 router), so the adapter would never run. Target the attention "
+                    "projections (q_proj, k_proj, v_proj_current, v_proj_delayed, o_proj), or train these weights "
+                    "by name pattern (freeze.train)")
+    lora_config = peft.LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                                  target_modules=list(config.target_modules), bias="none")
+    try:
+        return peft.get_peft_model(model, lora_config)
+    except ValueError as error:
+        raise ConfigError(f"lora.target_modules {config.target_modules}: {error}") from None
+
+
+def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str | Path,
+               with_lora: bool) -> Path | None:
+    """Collective. ``save_pretrained`` the trained model (LoRA merged in) + tokenizer/processor, atomically:
+    written to ``.tmp-final`` and renamed, so ``final/`` is either absent or complete."""
+    out_dir = Path(out_dir)
+    temporary = out_dir.with_name(f".tmp-{out_dir.name}")
+    unwrapped = accelerator.unwrap_model(model)
+    if with_lora:
+        state_dict = None
+        if accelerator.is_main_process:
+            unwrapped = unwrapped.merge_and_unload()
+    else:
+        state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        unwrapped.save_pretrained(temporary, state_dict=state_dict, safe_serialization=True)
+        (bundle.processor or bundle.tokenizer).save_pretrained(temporary)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.rename(temporary, out_dir)
+    accelerator.wait_for_everyone()
+    return out_dir
+
+
+__all__ = ["ModelBundle", "add_lora", "build_model", "model_kind", "save_final", "upcast_trainable_"]

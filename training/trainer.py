@@ -1,0 +1,405 @@
+"""The training loop: one function, :func:`train`, over composable pieces.
+
+    config → model (+ tokenizer / processor, freezing, optional PEFT LoRA) → row stream → optimizer,
+    schedule, balancing controller → accelerate.prepare → [resume] → steps → checkpoints → final save
+
+One optimizer step takes ``grad_accum_steps`` micro-batches of ``micro_batch_size`` rows on each process.
+The loss is the sum of token losses over the whole global batch divided by the global number of counted
+tokens (counted before the backward passes and all-reduced), so 2 processes × b rows, 1 process × 2b rows
+and 1 process × b rows × 2 accumulation steps all compute the same update. After the step the expert loads
+of the global batch drive the balancing controller (no gradient goes through the biases).
+
+Outputs under ``output_dir``: ``config.yaml``, ``run_info.json`` (trainable parameter count …),
+``metrics.jsonl`` (one line per logged step), ``tensorboard/``, ``checkpoints/step-N/`` and ``final/``
+(``save_pretrained``: loads with ``ZayaLM`` / ``ZayaVL.from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from tqdm.auto import tqdm
+
+from zaya_vl.training import balancing
+from zaya_vl.training.checkpoint import (complete_checkpoints, latest_checkpoint, load_checkpoint,
+                                         save_checkpoint, write_json_atomic)
+from zaya_vl.training.collate import collate_rows, count_targets
+from zaya_vl.training.config import ConfigError, RunConfig, save_config
+from zaya_vl.training.data import SampleEncoder, open_records
+from zaya_vl.training.freezing import apply_freezing
+from zaya_vl.training.models import add_lora, build_model, save_final, upcast_trainable_
+from zaya_vl.training.packing import RowStream
+from zaya_vl.training.schedules import build_scheduler
+
+logger = logging.getLogger("zaya_vl.training")
+
+BALANCING_STATE = "balancing.pt"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path | None
+    steps: int
+    resumed_from: Path | None
+    trainable_parameters: int
+    total_parameters: int
+    metrics: list[dict] = field(default_factory=list)  # this run's logged steps (main process)
+
+
+def resolve_mixed_precision(setting: str, cpu: bool) -> str:
+    if setting != "auto":
+        return setting
+    if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; weight decay on matrices only (not norms, biases, scales)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=tuple(config.betas),
+                             eps=config.eps)
+
+
+def _flat_hparams(config: RunConfig) -> dict:
+    """The config as TensorBoard hparams: ``group/key`` → a scalar or a JSON string."""
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}/{key}" if prefix else key, item)
+        else:
+            flat[prefix] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+
+    walk("", config.to_dict())
+    return flat
+
+
+class Trainer:
+    """Holds the pieces of one run; :func:`train` is the entry point."""
+
+    def __init__(self, config: RunConfig, resume: bool | str | None = False, tokenizer=None,
+                 processor=None) -> None:
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.checkpoint_root = self.output_dir / "checkpoints"
+        loop = config.train
+        mixed_precision = resolve_mixed_precision(loop.mixed_precision, loop.cpu)
+        find_unused = {"true": True, "false": False}.get(loop.ddp_find_unused_parameters)
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size == 1:
+            # accelerate keeps process-wide singletons; a second run in one process (a notebook, a sweep) with
+            # other settings would be refused. A single process holds no process group, so start clean.
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+        # Several processes without a GPU: accelerate uses gloo only when told the run is on CPU.
+        cpu = loop.cpu or (not torch.cuda.is_available() and world_size > 1)
+        self.tensorboard = loop.tensorboard and _tensorboard_available()
+        self.accelerator = Accelerator(
+            mixed_precision=mixed_precision,
+            gradient_accumulation_steps=loop.grad_accum_steps,
+            cpu=cpu,
+            log_with="tensorboard" if self.tensorboard else None,
+            project_dir=str(self.output_dir),
+            step_scheduler_with_optimizer=False,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(find_unused))],
+        )
+        self.resume_path = self._resume_path(resume)
+        if loop.tensorboard and not self.tensorboard:
+            self._warn("train.tensorboard is on but the tensorboard package is not installed (pip install "
+                       "tensorboard): logging to metrics.jsonl only")
+
+        set_seed(config.seed)
+        self.bundle = build_model(config.model, config.seed, tokenizer=tokenizer, processor=processor)
+        model = self.bundle.model
+        if find_unused is None and self.bundle.is_vl:
+            # Text-only rows leave the vision LoRA and merger unused on that process.
+            self.accelerator.ddp_handler.find_unused_parameters = True
+        with_lora = config.lora is not None
+        if with_lora:
+            model = add_lora(model, config.lora)
+        self.freeze_report = apply_freezing(model, config.stage, self.bundle.is_vl, config.freeze.train,
+                                            config.freeze.freeze, with_lora=with_lora)
+        if config.model.dtype != "float32":
+            if mixed_precision == "no":
+                raise ConfigError(f"model.dtype={config.model.dtype} keeps frozen weights in low precision; "
+                                  "it needs train.mixed_precision bf16 (autocast) so fp32 trainable weights mix")
+            upcast_trainable_(model)
+        self.with_lora = with_lora
+
+        records, image_root = open_records(config.data)
+        encoder = SampleEncoder(self.bundle.tokenizer, config.data, self.bundle.processor, image_root)
+        self.stream = RowStream(
+            records, encoder, seq_len=config.data.seq_len, packing=config.data.packing, seed=config.seed,
+            shuffle=config.data.shuffle, on_invalid=config.data.on_invalid,
+            split_long_documents=config.data.split_long_documents, warn=self._warn)
+
+        optimizer = build_optimizer(model, config.optim)
+        scheduler = build_scheduler(optimizer, config.schedule, loop.max_steps)
+
+        self.routers = balancing.find_routers(model)
+        self.controller = None
+        if self.routers and self._balancing_enabled(model):
+            gains = config.balancing
+            self.controller = balancing.BalancingController(
+                balancing.current_biases(model), kp=gains.kp, ki=gains.ki, kd=gains.kd,
+                include_skip=gains.include_skip, output_limit=gains.output_limit,
+                active_layers=self._trained_routers(model) if gains.enabled == "auto" else None)
+
+        self._configure_deepspeed()
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.step = 0
+        self.metrics: list[dict] = []
+
+    # -- setup helpers -----------------------------------------------------------------------------------
+    def _resume_path(self, resume) -> Path | None:
+        existing = complete_checkpoints(self.checkpoint_root)
+        if resume is True:
+            return latest_checkpoint(self.checkpoint_root)
+        if resume:
+            return Path(resume)
+        if existing:
+            raise ConfigError(f"{self.output_dir} already has checkpoints (newest {existing[-1][1].name}); "
+                              "pass --resume to continue that run, or choose another output_dir")
+        return None
+
+    def _configure_deepspeed(self) -> None:
+        """DeepSpeed needs the micro-batch size (there is no prepared DataLoader to read it from) and does the
+        clipping itself: fill both from the training config where the accelerate config says ``auto``."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is None:
+            return
+        ds_config = plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = self.config.train.micro_batch_size
+        if ds_config.get("gradient_clipping", "auto") == "auto":
+            ds_config["gradient_clipping"] = self.config.optim.grad_clip or 0.0
+
+    def _trained_routers(self, model) -> list[bool]:
+        """Per MoE layer: is any of its router's parameters trainable?"""
+        parameters = dict(model.named_parameters())
+        trained = []
+        for name, _ in self.routers:
+            gate = name.rsplit(".", 1)[0] + "."
+            trained.append(any(p.requires_grad for n, p in parameters.items() if n.startswith(gate)))
+        return trained
+
+    def _balancing_enabled(self, model) -> bool:
+        setting = self.config.balancing.enabled
+        if setting != "auto":
+            return setting == "true"
+        # Steer the routers only while they are being trained: a frozen LM keeps its routing exactly.
+        return any(self._trained_routers(model))
+
+    def _warn(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            logger.warning(message)
+
+    def _info(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            logger.info(message)
+
+    # -- data --------------------------------------------------------------------------------------------
+    def _local_micro_batch(self) -> dict[str, torch.Tensor]:
+        """Every process draws the same global micro-batch of rows and keeps its own slice."""
+        per_process = self.config.train.micro_batch_size
+        rows = [self.stream.next_row() for _ in range(per_process * self.accelerator.num_processes)]
+        start = self.accelerator.process_index * per_process
+        data = self.config.data
+        return collate_rows(rows[start:start + per_process], pad_token_id=self.bundle.tokenizer.pad_token_id,
+                            seq_len=data.seq_len, pad_to=data.pad_to, with_segments=data.packing)
+
+    # -- state -------------------------------------------------------------------------------------------
+    def _trainer_state(self) -> dict:
+        return {"data": self.stream.state_dict(), "num_processes": self.accelerator.num_processes,
+                "max_steps": self.config.train.max_steps,
+                "global_rows_per_step": self.config.train.micro_batch_size * self.config.train.grad_accum_steps
+                * self.accelerator.num_processes}
+
+    def save(self) -> Path:
+        extra = {BALANCING_STATE: self.controller.state_dict()} if self.controller is not None else {}
+        path = save_checkpoint(self.accelerator, self.checkpoint_root, self.step, self._trainer_state(), extra,
+                               keep=self.config.train.keep_checkpoints)
+        self._info(f"saved checkpoint {path}")
+        return path
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(self.accelerator, path)
+        rows_now = self._trainer_state()["global_rows_per_step"]
+        if state.get("global_rows_per_step", rows_now) != rows_now:
+            self._warn(f"the checkpoint was written with {state['global_rows_per_step']} rows per step, this run "
+                       f"uses {rows_now}: training continues, but not as an exact resume")
+        if state.get("max_steps", self.config.train.max_steps) != self.config.train.max_steps:
+            self._info(f"train.max_steps changed from {state['max_steps']} to {self.config.train.max_steps}: the "
+                       "learning-rate schedule follows the new value from here on")
+        self._apply_schedule()
+        self.stream.load_state_dict(state["data"])
+        if self.controller is not None:
+            balancing_file = path / BALANCING_STATE
+            if balancing_file.is_file():
+                self.controller.load_state_dict(torch.load(balancing_file, weights_only=False))
+        self.step = int(state["step"])
+        if self.accelerator.is_main_process:
+            self._truncate_metrics(self.step)
+        self._info(f"resumed from {path} at step {self.step}")
+
+    def _apply_schedule(self) -> None:
+        """Set the learning rate of the next step from this run's schedule (the checkpoint holds the value the
+        saved run computed; the same config recomputes the same number, a changed one takes effect now)."""
+        inner = getattr(self.scheduler, "scheduler", self.scheduler)
+        for group, base, multiplier in zip(inner.optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
+            group["lr"] = base * multiplier(inner.last_epoch)
+        inner._last_lr = [group["lr"] for group in inner.optimizer.param_groups]
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.output_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and _parse_step(line) is not None and _parse_step(line) <= step]
+        temporary = path.with_name(".metrics.jsonl.tmp")
+        temporary.write_text("".join(line + "\n" for line in kept))
+        temporary.replace(path)
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        accelerator, loop = self.accelerator, self.config.train
+        started = time.perf_counter()
+        micro_batches = [self._local_micro_batch() for _ in range(loop.grad_accum_steps)]
+        device = accelerator.device
+        local_count = sum(count_targets(batch) for batch in micro_batches)
+        global_count = int(accelerator.reduce(torch.tensor(local_count, device=device), reduction="sum"))
+        # accelerate divides by grad_accum_steps and DDP averages over processes; undo both so the gradient
+        # is (sum of token losses over the global batch) / (global counted tokens).
+        scale = accelerator.num_processes * loop.grad_accum_steps / max(global_count, 1)
+        self.model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        loads = None
+        for batch in micro_batches:
+            batch = {key: value.to(device) for key, value in batch.items()}
+            with accelerator.accumulate(self.model):
+                out = self.model(**batch, output_router_logits=bool(self.routers),
+                                 loss_chunk_size=loop.loss_chunk_size, use_cache=False)
+                count = count_targets(batch)
+                batch_loss = out.loss * count
+                if self.routers:
+                    layer_loads = balancing.expert_loads(out["routings"], batch["attention_mask"], len(self.routers))
+                    loads = layer_loads if loads is None else loads + layer_loads
+                if batch_loss.grad_fn is None:  # no counted token here: a zero that still reaches every weight
+                    batch_loss = batch_loss + sum(p.sum() for p in self.trainable) * 0.0
+                accelerator.backward(batch_loss * scale)
+                loss_sum += batch_loss.detach().double()
+        if not accelerator.sync_gradients:
+            raise RuntimeError("gradient accumulation is out of step with accelerate (internal error)")
+        max_norm = self.config.optim.grad_clip if self.config.optim.grad_clip is not None else math.inf
+        grad_norm = accelerator.clip_grad_norm_(self.trainable, max_norm)
+        self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+        total_loss = accelerator.reduce(loss_sum, reduction="sum")
+        metrics = {"step": self.step, "loss": float(total_loss) / max(global_count, 1), "lr": lr,
+                   "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                   "tokens": global_count, "data/epoch": self.stream.epoch,
+                   "data/skipped": self.stream.total_skipped}
+        if loads is not None:
+            loads = accelerator.reduce(loads.to(device), reduction="sum").cpu()
+            metrics.update(balancing.load_metrics(loads))
+            if self.controller is not None:
+                balancing.set_biases(accelerator.unwrap_model(self.model), self.controller.update(loads))
+        seconds = time.perf_counter() - started
+        metrics["tokens_per_second"] = global_count / seconds if seconds > 0 else 0.0
+        return metrics
+
+    def log(self, metrics: dict) -> None:
+        self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+        if self.accelerator.is_main_process:
+            self.metrics.append(metrics)
+            with open(self.output_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+
+    def run(self) -> TrainResult:
+        accelerator, loop, config = self.accelerator, self.config.train, self.config
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.output_dir / "config.yaml")
+        accelerator.wait_for_everyone()
+        if self.resume_path is not None:
+            self.restore(self.resume_path)
+        elif accelerator.is_main_process:
+            (self.output_dir / "metrics.jsonl").write_text("")
+        report = self.freeze_report
+        self._info(f"stage {config.stage}: {report.describe()}")
+        if accelerator.is_main_process:
+            write_json_atomic(self.output_dir / "run_info.json", {
+                "stage": config.stage, "model_kind": "vl" if self.bundle.is_vl else "lm",
+                "trainable_parameters": report.trainable_parameters, "total_parameters": report.total_parameters,
+                "trainable_tensors": report.trainable_names, "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision, "balancing": self.controller is not None,
+                "resumed_from": str(self.resume_path) if self.resume_path else None,
+            })
+        if self.tensorboard:
+            accelerator.init_trackers("tensorboard", config=_flat_hparams(config))
+            accelerator.log({"model/trainable_parameters": report.trainable_parameters}, step=self.step)
+
+        progress = tqdm(total=loop.max_steps, initial=self.step, desc=f"{config.stage}", dynamic_ncols=True,
+                        disable=not (loop.progress and accelerator.is_local_main_process))
+        while self.step < loop.max_steps:
+            metrics = self.train_step()
+            if self.step % loop.log_every == 0 or self.step == loop.max_steps:
+                self.log(metrics)
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+            if loop.save_every and (self.step % loop.save_every == 0 or self.step == loop.max_steps):
+                self.save()
+        progress.close()
+
+        final_dir = None
+        if loop.save_final:
+            final_dir = save_final(accelerator, self.model, self.bundle, self.output_dir / "final", self.with_lora)
+            self._info(f"saved the trained model to {final_dir}")
+        accelerator.end_training()
+        return TrainResult(self.output_dir, final_dir, self.step, self.resume_path, report.trainable_parameters,
+                           report.total_parameters, self.metrics)
+
+
+def _tensorboard_available() -> bool:
+    from accelerate.utils import is_tensorboard_available
+
+    return is_tensorboard_available()
+
+
+def _parse_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def train(config: RunConfig, resume: bool | str | None = False, *, tokenizer=None, processor=None) -> TrainResult:
+    """Run ``config`` to ``train.max_steps``. ``resume=True`` continues from the newest complete checkpoint in
+    ``output_dir`` (or starts fresh if there is none); a path resumes from that checkpoint. ``tokenizer`` /
+    ``processor`` objects replace loading them from the config's ``model.tokenizer`` folder."""
+    return Trainer(config.validate(), resume, tokenizer=tokenizer, processor=processor).run()
+
+
+__all__ = ["TrainResult", "Trainer", "build_optimizer", "resolve_mixed_precision", "train"]
