@@ -19,13 +19,12 @@ from .report import render_markdown
 DEFAULT_TASKS = "docvqa,ai2d,mathvista"
 
 
-def load_predictor(model_path: str, **kwargs):
-    """The model behind `zaya-vl eval`: returns a runner.Predictor for `model_path`.
+def load_predictor(model_path: str, batch_size: int = 8, temperature: float = 0.0, **kwargs):
+    """The model behind `zaya-vl eval`: a ZayaVL checkpoint (native or reference layout) and its processor."""
+    from zaya_vl.inference import GenerationSettings, VLAssistant
 
-    Keyword arguments come from the command line (batch_size, temperature). Placeholder until the
-    ZayaVL predictor exists.
-    """
-    raise NotImplementedError("ZayaVL predictor lands with the ZayaVL issue")
+    return VLAssistant.from_pretrained(model_path, batch_size=batch_size,
+                                       settings=GenerationSettings(temperature=temperature), **kwargs)
 
 
 def _task_values(pairs: list[str] | None, flag: str, convert=str) -> dict:

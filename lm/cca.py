@@ -22,6 +22,7 @@ from torch import nn
 
 from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lm.derived import DerivedTensors
+from zaya_vl.lm.kernels.dispatch import DECODE_MAX_TOKENS, cca_decode_conv, cca_prefill_conv, kernel_backend
 from zaya_vl.lora.gated import GatedLoRA
 
 
@@ -170,16 +171,25 @@ class CCAProjection(nn.Module):
         history = cache.conv_states[self.layer_idx] if cache is not None else None
         if history is None:
             history = qk.new_zeros(batch, self.window, qk.shape[-1])
-        mixed = self.convolve(qk, history, ctx.window_keep)
-
-        # Residual path: the mean of each query head and its key head, and its mean over the key head's group.
-        q5 = q.reshape(batch, seq, self.num_kv_heads, self.kv_groups, self.head_dim)
-        k4 = k.reshape(batch, seq, self.num_kv_heads, self.head_dim)
-        query_residual = (q5 + k4[:, :, :, None]) * 0.5
-        key_residual = query_residual.mean(dim=3)
-        query = mixed[..., : self.query_width].reshape(batch, seq, self.num_heads, self.head_dim)
-        query = query + query_residual.reshape(batch, seq, self.num_heads, self.head_dim)
-        key = mixed[..., self.query_width:].reshape(batch, seq, self.num_kv_heads, self.head_dim) + key_residual
+        fused = (ctx.window_keep is None and self._plain(self.conv_qk_depthwise, self.conv_qk_grouped)
+                 and kernel_backend(qk.device, qk.dtype) == "triton")
+        state_in_place = fused and cache is not None and seq <= DECODE_MAX_TOKENS
+        if fused:
+            # One kernel: conv + bias + the residual means; a decode step also shifts the cached window in place.
+            mix = cca_decode_conv if state_in_place else cca_prefill_conv
+            mixed = mix(qk, history, *self.folded_conv(), self.num_heads, self.num_kv_heads)
+            query = mixed[..., : self.query_width].reshape(batch, seq, self.num_heads, self.head_dim)
+            key = mixed[..., self.query_width:].reshape(batch, seq, self.num_kv_heads, self.head_dim)
+        else:
+            mixed = self.convolve(qk, history, ctx.window_keep)
+            # Residual path: the mean of each query head and its key head, and its mean over the key head's group.
+            q5 = q.reshape(batch, seq, self.num_kv_heads, self.kv_groups, self.head_dim)
+            k4 = k.reshape(batch, seq, self.num_kv_heads, self.head_dim)
+            query_residual = (q5 + k4[:, :, :, None]) * 0.5
+            key_residual = query_residual.mean(dim=3)
+            query = mixed[..., : self.query_width].reshape(batch, seq, self.num_heads, self.head_dim)
+            query = query + query_residual.reshape(batch, seq, self.num_heads, self.head_dim)
+            key = mixed[..., self.query_width:].reshape(batch, seq, self.num_kv_heads, self.head_dim) + key_residual
 
         # Values: the current token's projection, and the previous token's delayed projection — before the
         # first token that is the projection of a zero input (its bias), as the reference pads.
@@ -196,7 +206,8 @@ class CCAProjection(nn.Module):
             value_delayed, next_adapter_input = self._delayed_adapter(x, value_delayed, ctx, image_rows)
 
         if cache is not None:
-            cache.conv_states[self.layer_idx] = torch.cat([history.to(qk.dtype), qk], dim=1)[:, seq:].to(cache.dtype)
+            if not state_in_place:  # else the decode kernel has shifted it
+                cache.conv_states[self.layer_idx] = torch.cat([history.to(qk.dtype), qk], 1)[:, seq:].to(cache.dtype)
             cache.delayed_values[self.layer_idx] = value_next[:, -1].to(cache.dtype)
             if next_adapter_input is not None:
                 cache.delayed_adapter_inputs[self.layer_idx] = next_adapter_input.to(cache.dtype)

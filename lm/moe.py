@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zaya_vl.lm.config import ZayaLMConfig
-from zaya_vl.lm.kernels.grouped import grouped_linear
+from zaya_vl.lm.kernels.dispatch import (DECODE_MAX_TOKENS, ExpertLoRA, expert_mlp_tokens, grouped_linear,
+                                         grouped_swiglu, kernel_backend)
 from zaya_vl.lm.layers import RMSNorm
 from zaya_vl.lora.gated import GatedExpertLoRA
 
@@ -91,8 +92,10 @@ class ZayaExperts(nn.Module):
         """``x``: (tokens, hidden); ``image_token``: (tokens,) bool or None. Returns (tokens, hidden)."""
         E = self.num_experts
         use_adapters = self.vision_adapters is not None and image_token is not None and bool(image_token.any())
-        if x.shape[0] == 1 and not use_adapters:
-            return self._single_token(x, routing)
+        few_tokens = x.shape[0] == 1 or (x.shape[0] <= DECODE_MAX_TOKENS
+                                         and kernel_backend(x.device, x.dtype) == "triton")
+        if few_tokens and not use_adapters:
+            return self._few_tokens(x, routing)
 
         # Sort once by (expert, is_image): skip (== E) sorts last; image rows end each expert's range.
         sort_key = routing.expert * 2 + (image_token.long() if use_adapters else 0)
@@ -109,16 +112,13 @@ class ZayaExperts(nn.Module):
             image_sorted = image_token.index_select(0, rows)
             image_positions = image_sorted.nonzero().squeeze(1)
             image_ends = torch.cumsum(torch.bincount(routing.expert[rows][image_sorted], minlength=E), dim=0)
-        hidden = grouped_linear(x_sorted, self.gate_up_proj, expert_ends)
-        if use_adapters:
-            delta = self.vision_adapters["gate_up"].delta(x_sorted[image_positions], image_ends)
-            hidden = hidden.index_add(0, image_positions, delta.to(hidden.dtype))
-        gate, up = hidden.chunk(2, dim=-1)
-        activated = F.silu(gate) * up
-        y = grouped_linear(activated, self.down_proj, expert_ends)
-        if use_adapters:
-            delta = self.vision_adapters["down"].delta(activated[image_positions], image_ends)
-            y = y.index_add(0, image_positions, delta.to(y.dtype))
+
+        def lora(name: str) -> ExpertLoRA | None:  # the adapter's deltas, on the image sub-ranges only
+            adapter = self.vision_adapters[name] if use_adapters else None
+            return ExpertLoRA(adapter.A, adapter.B, image_positions, image_ends) if adapter is not None else None
+
+        activated = grouped_swiglu(x_sorted, self.gate_up_proj, expert_ends, lora("gate_up"))
+        y = grouped_linear(activated, self.down_proj, expert_ends, lora("down"))
         y = y * routing.weight.index_select(0, rows)[:, None].to(y.dtype)
 
         out = self._skip_rows(x, routing)
@@ -131,14 +131,12 @@ class ZayaExperts(nn.Module):
         skipped = (routing.expert == self.num_experts).to(x.dtype) * routing.weight.to(x.dtype)
         return x * skipped[:, None]
 
-    def _single_token(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
-        # Batch-1 decode: index the chosen expert's weights directly, no sort or grouping.
-        expert = int(routing.expert[0])
-        if expert == self.num_experts:
-            return self._skip_rows(x, routing)
-        gate, up = F.linear(x, self.gate_up_proj[expert]).chunk(2, dim=-1)
-        y = F.linear(F.silu(gate) * up, self.down_proj[expert])
-        return y * routing.weight[:, None].to(y.dtype)
+    def _few_tokens(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        # Decode: each token indexes its chosen expert's weights directly, no sort or grouping.
+        y = expert_mlp_tokens(x, self.gate_up_proj, self.down_proj, routing.expert)
+        y = y * routing.weight[:, None].to(y.dtype)
+        skipped = (routing.expert == self.num_experts)[:, None]
+        return torch.where(skipped, self._skip_rows(x, routing), y.to(x.dtype))
 
 
 class ZayaMoE(nn.Module):

@@ -1,10 +1,18 @@
 """Shared test fixtures: the reference fixtures copied from shared/fixtures (see tests/fixtures/README.md)."""
 
+import os
 from pathlib import Path
 
 import pytest
-import transformers
-from safetensors.torch import load_file
+import torch
+
+if not torch.cuda.is_available():
+    # The Triton kernel tests (tests/lm/kernels) run in Triton's CPU interpreter, which Triton reads when it is
+    # imported — and torch._dynamo imports it along with zaya_vl.lm — so this must precede every other import.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import transformers  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 

@@ -118,3 +118,37 @@ def image_prompt(grids: list[tuple[int, int, int]], text_before: int = 3, text_a
 
 __all__ = ["TINY_LM", "TINY_VISION", "balance_routing_", "image_prompt", "randomize_", "tiny_lm_config",
            "tiny_upstream_zaya", "tiny_vl_config"]
+
+
+TINY_CORPUS = [
+    "What is the total amount due on this invoice?",
+    "The total is 42 dollars and the date is May 3.",
+    "Describe the chart: sales rise from January to June.",
+    "Answer the question using a single word or phrase.",
+    "Which option is correct? A. water B. light C. soil",
+    "The diagram shows the life cycle of a frog.",
+    "Read the table and give the value in the second row.",
+    "Here is a document page with a title, two columns and a figure.",
+]
+TINY_PIXELS = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)  # 4 to 64 soft tokens per image
+
+
+def build_tiny_processor(corpus=None, vocab_size: int = 320, min_pixels: int = TINY_PIXELS["min_pixels"],
+                         max_pixels: int = TINY_PIXELS["max_pixels"]):
+    """A ZayaVLProcessor with a small locally trained tokenizer and a Qwen2-VL image processor (PIL backend).
+
+    Same code path as a real checkpoint; only the vocabulary is small. Its image token ids come from the tokenizer
+    (``processor.image_token_id`` etc.), so a tiny model used with it must take those ids and
+    ``vocab_size >= len(processor.tokenizer)``.
+    """
+    from transformers import Qwen2VLImageProcessorPil
+
+    from zaya_vl.processing import ZayaVLProcessor
+    from zaya_vl.tokenization import train_tokenizer
+
+    tokenizer = train_tokenizer(TINY_CORPUS * 4 if corpus is None else corpus, vocab_size=vocab_size)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    return ZayaVLProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+__all__ += ["TINY_CORPUS", "TINY_PIXELS", "build_tiny_processor"]

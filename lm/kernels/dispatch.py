@@ -1,7 +1,9 @@
-"""Pick the fastest correct kernel for a call: Triton on GPUs, torch everywhere else.
+"""Pick the kernel for a call: the torch path (``torch._grouped_mm``, oneDNN/cuBLAS GEMMs) or our Triton kernels.
 
-``ZAYA_VL_KERNELS`` = ``auto`` (default) | ``torch`` | ``triton``. ``auto`` uses Triton for CUDA tensors
-when Triton imports, and torch on CPU: the Triton interpreter is for tests, never fast. ``triton`` also runs
+``ZAYA_VL_KERNELS`` = ``auto`` (default) | ``torch`` | ``triton``. The Triton kernels are validated against
+their torch references in Triton's interpreter (CPU) but have not yet been compiled and measured on a GPU in
+this project, so ``auto`` takes the torch path everywhere for now; set ``ZAYA_VL_KERNELS=triton`` on a GPU to
+use them (and run ``tests/lm/kernels`` there first). ``triton`` also runs
 the kernels on CPU when ``TRITON_INTERPRET=1`` (how the tests drive them); where they cannot run, it warns
 once and uses torch, so CPU always works. The Triton kernels have no backward: a call that autograd must
 differentiate takes the torch path. Triton is imported lazily, on the first call that wants it, so
@@ -10,6 +12,7 @@ differentiate takes the torch path. Triton is imported lazily, on the first call
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from functools import lru_cache
@@ -27,10 +30,20 @@ DECODE_MAX_TOKENS = 8  # up to this many tokens a step skips the MoE sort and up
 @lru_cache(maxsize=None)
 def _triton_modules():
     try:
-        from zaya_vl.lm.kernels import cca_triton, moe_triton
+        return tuple(importlib.import_module(f"zaya_vl.lm.kernels.{name}") for name in ("moe_triton", "cca_triton"))
     except Exception:  # noqa: BLE001 - no Triton, or one that cannot load here: torch it is
         return None
-    return moe_triton, cca_triton
+
+
+def _interpreter_active() -> bool:
+    """Triton picks interpreter or compiler when it is imported, so TRITON_INTERPRET=1 must predate that import
+    (torch._dynamo imports Triton too): its standard library tells which one it got."""
+    if os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes"):
+        return False
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    return not isinstance(tl.zeros, JITFunction)
 
 
 @lru_cache(maxsize=None)
@@ -47,12 +60,11 @@ def kernel_backend(device: torch.device | str, dtype: torch.dtype) -> str:
     if choice == "torch" or dtype not in _DTYPES:
         return "torch"
     if choice == "auto":
-        return "triton" if device_type == "cuda" and _triton_modules() is not None else "torch"
-    interpreting = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-    if (device_type == "cuda" or device_type == "cpu" and interpreting) and _triton_modules() is not None:
+        return "torch"  # until the kernels are validated compiled on a GPU (see the module docstring)
+    if _triton_modules() is not None and (device_type == "cuda" or device_type == "cpu" and _interpreter_active()):
         return "triton"
-    _warn_once(f"ZAYA_VL_KERNELS=triton cannot run on {device_type} here (Triton missing, or CPU without "
-               "TRITON_INTERPRET=1); using the torch kernels.")
+    _warn_once(f"ZAYA_VL_KERNELS=triton cannot run on {device_type} here (Triton missing, or on CPU: "
+               "TRITON_INTERPRET=1 not set before Triton was imported); using the torch kernels.")
     return "torch"
 
 

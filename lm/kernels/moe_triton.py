@@ -52,7 +52,7 @@ def _grouped_gemm(x_ptr, w_ptr, out_ptr, tile_expert_ptr, tile_row_ptr, bounds_p
     if HAS_LORA:
         image_end = tl.load(image_bounds_ptr + expert + 1)
         first_image_row = row_end - (image_end - tl.load(image_bounds_ptr + expert))
-        if first_image_row < row_end and first_image_row < first_row + BLOCK_M:  # tile holds image rows
+        if (first_image_row < row_end) & (first_image_row < first_row + BLOCK_M):  # tile holds image rows
             rs = tl.arange(0, BLOCK_R)
             image_row = rows - row_end + image_end  # the row's index among the image rows
             a_mask = row_ok[:, None] & (rows[:, None] >= first_image_row) & (rs[None, :] < R)
@@ -91,7 +91,8 @@ def _tile_map(bounds: torch.Tensor, rows: int, block_m: int) -> tuple[torch.Tens
 def grouped_gemm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, lora: ExpertLoRA | None = None, *,
                  swiglu: bool = False, block_m: int | None = None, block_n: int | None = None,
                  block_k: int | None = None) -> torch.Tensor:
-    """``grouped_linear_reference`` (``swiglu=False``) or ``grouped_swiglu_reference`` in one kernel."""
+    """``grouped_linear_reference`` (``swiglu=False``) or ``grouped_swiglu_reference`` in one kernel (plus the
+    LoRA shrink, when there are image rows). As there, ``offsets[-1]`` is the number of rows of ``x``."""
     rows, K = x.shape
     N = weight.shape[1] // 2 if swiglu else weight.shape[1]
     out = x.new_empty(rows, N)
@@ -99,9 +100,7 @@ def grouped_gemm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor, l
         return out
     x, weight = x.contiguous(), weight.to(x.dtype).contiguous()
     cpu = x.device.type == "cpu"  # only the interpreter runs CPU tensors: fewer, larger programs there
-    block_m = block_m or (32 if cpu else 64)
-    block_n = block_n or (64 if cpu else 64)
-    block_k = block_k or (64 if cpu else 32)
+    block_m, block_n, block_k = block_m or (32 if cpu else 64), block_n or 64, block_k or (64 if cpu else 32)
     bounds = _bounds(offsets.to(x.device))
     tile_expert, tile_row = _tile_map(bounds, rows, block_m)
     lora_x = lora_w = image_bounds = x  # placeholders, never read without HAS_LORA

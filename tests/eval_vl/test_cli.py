@@ -79,11 +79,6 @@ def test_eval_command_argument_errors(tmp_path):
         cli.main(["eval", "--model", "m", "--output", str(tmp_path), "--tasks", "docvqa,mmmu"])
 
 
-def test_load_predictor_is_a_marked_placeholder():
-    with pytest.raises(NotImplementedError, match="ZayaVL predictor lands with the ZayaVL issue"):
-        cli.load_predictor("some/path")
-
-
 def test_subcommands_mount_on_a_parent_parser():
     import argparse
 

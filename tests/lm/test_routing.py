@@ -58,13 +58,13 @@ def test_grouped_experts_equal_naive_per_token_loop(block_and_input, skip_output
     block, x, prev_state = block_and_input
     block.experts.skip_output = skip_output
     seen = []
-    real_grouped_linear = moe_module.grouped_linear
+    real_grouped_swiglu = moe_module.grouped_swiglu
 
-    def recording_grouped_linear(rows, weight, offsets):
+    def recording_grouped_swiglu(rows, weight, offsets, lora=None):  # the first grouped GEMM: gate_up
         seen.append((rows.clone(), offsets.clone(), weight.shape))
-        return real_grouped_linear(rows, weight, offsets)
+        return real_grouped_swiglu(rows, weight, offsets, lora)
 
-    monkeypatch.setattr(moe_module, "grouped_linear", recording_grouped_linear)
+    monkeypatch.setattr(moe_module, "grouped_swiglu", recording_grouped_swiglu)
     out, routing = block(x, prev_state)
     expected, choices, weights = naive_moe(block, x, prev_state, skip_output)
 
@@ -90,7 +90,8 @@ def test_grouped_experts_equal_naive_per_token_loop(block_and_input, skip_output
 def test_all_skip_batch_computes_nothing(block_and_input, monkeypatch):
     block, x, prev_state = block_and_input
     block.gate.balancing_biases[-1] = 10.0  # everything prefers skip
-    monkeypatch.setattr(moe_module, "grouped_linear", lambda *a: pytest.fail("an expert was computed"))
+    for name in ("grouped_swiglu", "grouped_linear", "expert_mlp_tokens"):
+        monkeypatch.setattr(moe_module, name, lambda *a: pytest.fail("an expert was computed"))
     out, routing = block(x, prev_state)
     assert bool((routing.expert == block.experts.num_experts).all())
     assert torch.equal(out, torch.zeros_like(out))

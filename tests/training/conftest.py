@@ -120,44 +120,15 @@ def helpers():
 
 
 # -- VL ------------------------------------------------------------------------------------------------------
-class StandInProcessor:
-    """The part of ``ZayaVLProcessor``'s interface the trainer uses (DESIGN §4): a Qwen2-VL image processor, and
-    each ``<image>`` placeholder expanded into ``<start_of_image>`` + t·h·w/4 × ``<image_soft_token>`` +
-    ``<end_of_image>``. Used until ``zaya_vl.processing`` lands."""
-
-    def __init__(self, tokenizer, max_pixels: int = 112 * 112):
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-        self.tokenizer = tokenizer
-        self.image_processor = Qwen2VLImageProcessorPil(
-            patch_size=14, merge_size=2, temporal_patch_size=2,
-            size={"shortest_edge": 56 * 56, "longest_edge": max_pixels})
-        self.image_token_id = tokenizer.convert_tokens_to_ids("<image_soft_token>")
-
-    def __call__(self, images=None, text=None, return_tensors="pt", add_special_tokens=False, **kwargs):
-        vision = self.image_processor(images=images, return_tensors="pt")
-        counts = iter((vision["image_grid_thw"].prod(-1) // 4).tolist())
-        expanded = []
-        for prompt in text:
-            pieces = prompt.split("<image>")
-            out = pieces[0]
-            for piece in pieces[1:]:
-                out += "<start_of_image>" + "<image_soft_token>" * next(counts) + "<end_of_image>" + piece
-            expanded.append(out)
-        encoded = self.tokenizer(expanded, add_special_tokens=add_special_tokens, return_tensors=return_tensors)
-        return {**encoded, "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
-
-    def save_pretrained(self, path):
-        self.tokenizer.save_pretrained(path)
-        self.image_processor.save_pretrained(path)
-
-
 @pytest.fixture(scope="session")
 def vl_assets(tmp_path_factory) -> dict:
     """Synthetic document-QA data (real schema, relative image paths), a tokenizer trained on its text, a tiny
     ZAYA1-VL checkpoint (LM with vision LoRA under a 2-block Qwen2.5-VL tower) and a processor."""
+    from transformers import Qwen2VLImageProcessorPil
+
     from zaya_vl import ZayaVL, ZayaVLConfig
     from zaya_vl.data.synthetic import generate_dataset, iter_text
+    from zaya_vl.processing import ZayaVLProcessor
     from zaya_vl.testing import TINY_VISION, randomize_, tiny_lm_config
     from zaya_vl.tokenization import train_tokenizer
 
@@ -174,7 +145,8 @@ def vl_assets(tmp_path_factory) -> dict:
     model = randomize_(ZayaVL(config), seed=0, std=0.1)
     model_dir = root / "model"
     model.save_pretrained(model_dir)
-    processor = StandInProcessor(tokenizer)
+    processor = ZayaVLProcessor(image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112),
+                                tokenizer=tokenizer)
     processor.save_pretrained(model_dir)
     rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     # A mixed file: document questions plus text-only chats (packed), like a VL SFT mix.

@@ -1,7 +1,6 @@
 """The VL stages on a tiny ZAYA1-VL: align and SFT train what they should and nothing else.
 
-The model is the real ``ZayaVL``; the processor is a stand-in with ``ZayaVLProcessor``'s interface until that
-lands (``conftest.StandInProcessor``)."""
+The model is the real ``ZayaVL`` and the processor the real ``ZayaVLProcessor`` (tiny vocabulary)."""
 
 from __future__ import annotations
 
