@@ -1,6 +1,7 @@
 """The `zaya-vl` command line.
 
     zaya-vl describe [--preset zaya1-8b]     sizes of a config: parameters, active parameters, KV bytes/token
+    zaya-vl ask --image IMG "QUESTION"       answer a question about an image
     zaya-vl demo-lm                          generate with the bundled tiny LM, print tokens/s
     zaya-vl train CONFIG [--resume]          text phases and VL stages with accelerate
     zaya-vl eval --model PATH --tasks ...    DocVQA / AI2D / MathVista, resumable
@@ -24,6 +25,23 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask(args: argparse.Namespace) -> int:
+    from zaya_vl.inference import GenerationSettings, VLAssistant
+
+    model = args.model or str(default_model_path())
+    assistant = VLAssistant.from_pretrained(
+        model, settings=GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature))
+    print(assistant.ask(args.image, args.question))
+    return 0
+
+
+def default_model_path():
+    """The tiny ZAYA1-VL bundled with the repository (examples/), trained on synthetic documents."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "examples" / "tiny_docvqa" / "model"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zaya_vl import demo_lm
     from zaya_vl.eval_vl.cli import add_eval_args, add_score_args
@@ -41,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo-lm", help="generate with the bundled tiny ZAYA1 LM and print tokens/s")
     demo_lm.add_arguments(demo)
     demo.set_defaults(func=demo_lm.command)
+
+    ask = sub.add_parser("ask", help="answer a question about one or more images")
+    ask.add_argument("question")
+    ask.add_argument("--image", action="append", required=True, help="image path (repeat for several images)")
+    ask.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled tiny model)")
+    ask.add_argument("--max-new-tokens", type=int, default=64)
+    ask.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ask.set_defaults(func=_ask)
 
     add_train_args(sub)
     add_eval_args(sub)

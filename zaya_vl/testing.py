@@ -152,3 +152,29 @@ def build_tiny_processor(corpus=None, vocab_size: int = 320, min_pixels: int = T
 
 
 __all__ += ["TINY_CORPUS", "TINY_PIXELS", "build_tiny_processor"]
+
+
+def tiny_vl_checkpoint(path, seed: int = 0, processor=None, std: float = 0.1, **text_overrides):
+    """Write a tiny random ZAYA1-VL checkpoint *with its processor* to ``path``; return (model, processor).
+
+    The model takes the processor's image-token ids and vocabulary size, so ``ZayaVL.from_pretrained(path)`` +
+    ``ZayaVLProcessor.from_pretrained(path)`` run end to end exactly as a real checkpoint does.
+    """
+    from zaya_vl.configuration import ZayaVLConfig
+    from zaya_vl.modeling import ZayaVL
+
+    processor = processor or build_tiny_processor()
+    text = tiny_lm_config(vocab_size=len(processor.tokenizer), vision_lora_rank_attn=4, vision_lora_rank_mlp=4,
+                          pad_token_id=processor.tokenizer.pad_token_id, bos_token_id=processor.tokenizer.bos_token_id,
+                          eos_token_id=processor.tokenizer.eos_token_id, **text_overrides)
+    config = ZayaVLConfig(text_config=text, vision_config={**TINY_VISION, "out_hidden_size": text.hidden_size},
+                          image_token_id=processor.image_token_id,
+                          vision_start_token_id=processor.vision_start_token_id,
+                          vision_end_token_id=processor.vision_end_token_id)
+    model = randomize_(ZayaVL(config), seed=seed, std=std).eval()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return model, processor
+
+
+__all__ += ["tiny_vl_checkpoint"]
