@@ -28,6 +28,7 @@ test-slow: setup
 
 bench: setup
 	$(PY) -m bench.lm
+	$(PY) -m bench.vl
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,6 +19,8 @@ query str.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -135,13 +137,4 @@ MATHVISTA = MathVistaTask(
     id_field="pid",
     prompt_style="query",
 )
-MATHVISTA_FORMAT = MathVistaTask(
-    name="mathvista_format",
-    hub_path="AI4Math/MathVista",
-    hub_config=None,
-    split="testmini",
-    max_new_tokens=2048,
-    image_field="decoded_image",
-    id_field="pid",
-    prompt_style="format-prompt",
-)
+MATHVISTA_FORMAT = dataclasses.replace(MATHVISTA, name="mathvista_format", prompt_style="format-prompt")
