@@ -20,7 +20,6 @@ query str.
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
