@@ -135,14 +135,16 @@ class CCAProjection(nn.Module):
         """True when the modules are the plain layers we fuse; PEFT (or any wrapper) must run as modules."""
         return all(type(m) in (nn.Linear, nn.Conv1d) for m in modules)
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k, v_current, and this token's delayed-value projection (the next token's delayed value)."""
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw q|k, v_current, and this token's delayed-value projection (the next token's delayed value)."""
         projections = (self.q_proj, self.k_proj, self.v_proj_current, self.v_proj_delayed)
         if not self._plain(*projections):
-            return tuple(projection(x) for projection in projections)
+            q, k, value_current, value_next = (projection(x) for projection in projections)
+            return torch.cat([q, k], dim=-1), value_current, value_next
         weight, bias = self.fused_projection()
         projected = F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
-        return projected.split([self.query_width, self.k_proj.out_features, self.value_width, self.value_width],
+        # q and k are adjacent in the fused output: q|k is a view, no copy.
+        return projected.split([self.query_width + self.k_proj.out_features, self.value_width, self.value_width],
                                dim=-1)
 
     # -- forward ------------------------------------------------------------------------------------
@@ -157,15 +159,16 @@ class CCAProjection(nn.Module):
         cache, image_rows = ctx.cache, ctx.image_rows
         if ctx.token_mask is not None:
             x = x * ctx.token_mask[..., None].to(x.dtype)
-        q, k, value_current, value_next = self.project(x)
+        qk, value_current, value_next = self.project(x)
         adapters = self.vision_adapters if image_rows is not None else None
         if adapters is not None:
-            q = adapters["q"].add_to(q, x, image_rows)
-            k = adapters["k"].add_to(k, x, image_rows)
+            q = adapters["q"].add_to(qk[..., : self.query_width], x, image_rows)
+            k = adapters["k"].add_to(qk[..., self.query_width:], x, image_rows)
+            qk = torch.cat([q, k], dim=-1)
             value_current = adapters["v_current"].add_to(value_current, x, image_rows)
+        q, k = qk[..., : self.query_width], qk[..., self.query_width:]
 
         # Conv over raw q|k: history is the cached window, or zeros (the reference's left zero padding).
-        qk = torch.cat([q, k], dim=-1)
         if ctx.token_mask is not None and self.q_proj.bias is not None:
             qk = qk * ctx.token_mask[..., None].to(qk.dtype)
         history = cache.conv_states[self.layer_idx] if cache is not None else None

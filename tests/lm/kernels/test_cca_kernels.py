@@ -27,12 +27,12 @@ def _layer(name, dtype, device, seed=0):
 def _torch_step(proj, x, cache):
     """CCAProjection on the torch path: (raw q|k, query|key flattened, the cache's conv state afterwards)."""
     ctx = ForwardContext(rotary={}, attention_masks={}, attn_implementation="sdpa", cache=cache)
-    q, k, _, _ = proj.project(x)
+    qk, _, _ = proj.project(x)
     query, key, _ = proj(x, ctx)
     if cache is not None:
         cache.advance(x.shape[1])
     batch, seq = x.shape[:2]
-    return torch.cat([q, k], -1), query, key, torch.cat([query.reshape(batch, seq, -1), key.reshape(batch, seq, -1)], -1)
+    return qk, query, key, torch.cat([query.reshape(batch, seq, -1), key.reshape(batch, seq, -1)], -1)
 
 
 def _normed(norm, query, key):
