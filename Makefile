@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]"
+	# lmms-eval's API (not its heavy dependency tree) for the adapter test: its model base class and registry.
+	$(PY) -m pip install --quiet --no-deps "lmms-eval==0.7.3" && $(PY) -m pip install --quiet pytz loguru
 	touch $@
 
 setup: $(VENV)/.installed

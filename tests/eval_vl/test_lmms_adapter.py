@@ -1,0 +1,51 @@
+"""The lmms-eval adapter, driven through lmms-eval's own API: its registry finds `zaya_vl` by entry point, its
+`Instance` requests go in, and the replies equal what VLAssistant gives for the same prompts."""
+
+import json
+
+import pytest
+
+lmms_models = pytest.importorskip("lmms_eval.models", reason="lmms-eval is installed by `make test` (no deps)")
+from lmms_eval.api.instance import Instance  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from zaya_vl.data.synthetic import generate_dataset  # noqa: E402
+from zaya_vl.eval_vl.lmms_adapter import ZayaVLLmms, truncate_at_stops  # noqa: E402
+from zaya_vl.inference import VLAssistant  # noqa: E402
+from zaya_vl.testing import tiny_vl_checkpoint  # noqa: E402
+
+
+def test_lmms_eval_registry_finds_the_adapter_by_entry_point():
+    assert lmms_models.get_model("zaya_vl") is ZayaVLLmms
+
+
+def test_stop_strings_cut_at_the_earliest_one():
+    assert truncate_at_stops("12.50\n\nQuestion: x", ["Question:", "\n\n"]) == "12.50"
+    assert truncate_at_stops("12.50", ["Question:"]) == "12.50"
+
+
+def test_generate_until_answers_lmms_eval_requests_like_our_assistant(tmp_path):
+    tiny_vl_checkpoint(tmp_path / "model", seed=1)
+    generate_dataset(tmp_path / "synth", n_train_docs=0, n_test_docs=3, seed=5, image_size=160)
+    eval_dir = tmp_path / "synth" / "eval"
+    docs = [json.loads(line) for line in (eval_dir / "docvqa.jsonl").read_text().splitlines()][:4]
+    model = ZayaVLLmms.create_from_arg_string(f"pretrained={tmp_path / 'model'},batch_size=3,max_new_tokens=6")
+    model.task_dict = {"docvqa_val": {"validation": docs}}
+
+    def doc_to_visual(doc):
+        return [Image.open(eval_dir / doc["image"]).convert("RGB")]
+
+    gen_kwargs = {"max_new_tokens": 5, "temperature": 0, "until": ["\n\n"]}
+    requests = [Instance(request_type="generate_until", idx=0,
+                         arguments=(f"{doc['question']}\nAnswer the question using a single word or phrase.",
+                                    gen_kwargs, doc_to_visual, i, "docvqa_val", "validation"),
+                         metadata={"task": "docvqa_val", "doc_id": i, "repeats": 1})
+                for i, doc in enumerate(docs)]
+    replies = model.generate_until(requests)
+
+    assistant = VLAssistant.from_pretrained(str(tmp_path / "model"))
+    expected = assistant.generate([doc_to_visual(doc) for doc in docs],
+                                  ["<image>" + r.args[0] for r in requests], max_new_tokens=5)
+    assert replies == [truncate_at_stops(reply, ["\n\n"]) for reply in expected]
+    with pytest.raises(NotImplementedError):
+        model.loglikelihood(requests)
