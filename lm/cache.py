@@ -33,6 +33,7 @@ class ZayaCache:
         self.kv_shape = (config.num_key_value_heads, config.head_dim)
         self.capacity = max(int(max_length or 0), 0)
         self.seq_length = 0
+        self.last_token_image: torch.Tensor | None = None  # (batch,) was the last cached token an image token
         qk_channels = (config.num_attention_heads + config.num_key_value_heads) * config.head_dim
         self.keys = [self._new_kv(self.capacity) for _ in range(self.num_layers)]
         self.values = [self._new_kv(self.capacity) for _ in range(self.num_layers)]
@@ -96,6 +97,8 @@ class ZayaCache:
             for i, tensor in enumerate(states):
                 states[i] = fn(tensor)
         self.batch_size = self.keys[0].shape[0]
+        if self.last_token_image is not None:
+            self.last_token_image = fn(self.last_token_image)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._apply_to_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -109,6 +112,7 @@ class ZayaCache:
     def reset(self) -> None:
         """Forget every sequence (keeps the buffers for reuse)."""
         self.seq_length = 0
+        self.last_token_image = None
         for state in (*self.conv_states, *self.delayed_values, *self.delayed_adapter_inputs):
             state.zero_()
 

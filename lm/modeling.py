@@ -177,6 +177,7 @@ class ZayaLMModel(ZayaPreTrainedModel):
                 residual, router_state = layer(residual, router_state, ctx, output_router_logits)
         if cache is not None:
             cache.advance(seq)
+            cache.last_token_image = image_mask[:, -1].bool() if image_mask is not None else None
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         out = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
         if output_router_logits:
@@ -216,6 +217,10 @@ class ZayaLMModel(ZayaPreTrainedModel):
             if image_attention == "bidirectional":
                 span_ids = image_span_ids_from_mask(image_mask)
                 if past:
+                    if cache.last_token_image is not None and bool((cache.last_token_image & image_mask[:, 0]).any()):
+                        raise ValueError(
+                            "An image span continues from the cache into this chunk: bidirectional image attention "
+                            "needs each image's tokens in one forward. Split prefill chunks between images.")
                     span_ids = torch.cat([span_ids.new_zeros(batch, past), span_ids], dim=1)
 
         window_keep = delayed_keep = None

@@ -118,3 +118,26 @@ def test_flex_attention_uses_the_same_mask_as_sdpa():
     generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
     model.model.config._attn_implementation = "sdpa"
     assert torch.equal(generated, model.generate(**batch, max_new_tokens=3, do_sample=False))
+
+
+@torch.no_grad()
+def test_prefill_chunks_may_not_split_an_image_span():
+    model = tiny_model("bidirectional", seed=5)
+    prompt = image_prompt([(1, 4, 4)], text_before=3, seed=7)
+    image_positions = (prompt["input_ids"][0] == model.config.image_token_id).nonzero().squeeze(1)
+    embeds = model.model.embed_tokens(prompt["input_ids"])
+    embeds = model._merge_images(prompt["input_ids"], embeds, prompt["pixel_values"], prompt["image_grid_thw"],
+                                 prompt["input_ids"] == model.config.image_token_id)
+    image_mask = prompt["input_ids"] == model.config.image_token_id
+    split = int(image_positions[1])  # inside the image
+    first = model(inputs_embeds=embeds[:, :split], image_mask=image_mask[:, :split], use_cache=True)
+    with pytest.raises(ValueError, match="image span continues from the cache"):
+        model(inputs_embeds=embeds[:, split:], image_mask=image_mask[:, split:],
+              past_key_values=first.past_key_values, use_cache=True)
+    # Splitting between the image and the text is fine and equals one forward.
+    end = int(image_positions[-1]) + 1
+    full = model(inputs_embeds=embeds, image_mask=image_mask, use_cache=False).logits
+    head = model(inputs_embeds=embeds[:, :end], image_mask=image_mask[:, :end], use_cache=True)
+    tail = model(inputs_embeds=embeds[:, end:], image_mask=image_mask[:, end:],
+                 past_key_values=head.past_key_values, use_cache=True)
+    torch.testing.assert_close(torch.cat([head.logits, tail.logits], dim=1), full, atol=1e-4, rtol=0)
