@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from zaya_vl.lm.attention import ZayaAttention
 from zaya_vl.lm.cache import ZayaCache
 from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lm.layers import ResidualScaling, RMSNorm, RotaryEmbedding
-from zaya_vl.lm.loss import causal_lm_loss
+from zaya_vl.lm.generation import ZayaGenerationMixin
 from zaya_vl.lm.masks import build_attention_mask, image_span_ids_from_mask, to_block_mask
 from zaya_vl.lm.moe import Routing, ZayaMoE
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
@@ -254,68 +254,6 @@ class ZayaLMModel(ZayaPreTrainedModel):
         )
 
 
-def output_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``hidden @ weight.T (+ bias)``. For the few rows of a decode step on CPU, computing the product as
-    ``(weight @ hidden.T).T`` lets MKL pick its tall-skinny kernel: about 2× faster for a large vocabulary."""
-    rows = hidden.reshape(-1, hidden.shape[-1])
-    if hidden.device.type != "cpu" or not 1 < rows.shape[0] <= 64 or torch.is_grad_enabled():
-        return torch.nn.functional.linear(hidden, weight, bias)
-    logits = torch.mm(weight, rows.t()).t()
-    if bias is not None:
-        logits = logits + bias
-    return logits.reshape(*hidden.shape[:-1], weight.shape[0])
-
-
-class ZayaGenerationMixin(GenerationMixin):
-    """What a model with a ZAYA1 decoder (``self.model``) and ``self.lm_head`` shares: the loss / logits head
-    and generation with the compressed cache. Used by ``ZayaLM`` and by ``zaya_vl.ZayaVL``."""
-
-    _is_stateful = True
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
-    def head_outputs(self, outputs, labels, logits_to_keep, segment_ids, loss_chunk_size,
-                     return_logits) -> CausalLMOutputWithPast:
-        """With ``labels`` the loss is computed in chunks of ``loss_chunk_size`` tokens without ever holding full
-        fp32 logits, and logits are not returned unless ``return_logits=True``."""
-        hidden = outputs.last_hidden_state
-        loss = logits = None
-        if labels is not None:
-            loss = causal_lm_loss(hidden, self.lm_head.weight, labels, bias=self.lm_head.bias,
-                                  chunk_size=loss_chunk_size, segment_ids=segment_ids)
-        if labels is None or return_logits:
-            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = output_logits(hidden[:, keep], self.lm_head.weight, self.lm_head.bias)
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
-        if "routings" in outputs:
-            result["routings"] = outputs["routings"]
-        return result
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
-                                      max_cache_length, *args, **kwargs) -> None:
-        # Our own compressed cache, preallocated to the generation's max length, replaces DynamicCache.
-        if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
-            return
-        copies = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
-        model_kwargs["past_key_values"] = ZayaCache(
-            self.config.get_text_config(), batch_size * copies, max_length=max_cache_length, dtype=self.dtype,
-            device=self.device)
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False
-
-
 class ZayaLM(ZayaPreTrainedModel, ZayaGenerationMixin):
     """ZAYA1 causal LM (upstream ``ZayaForCausalLM`` layout): ``model.*`` + tied ``lm_head``."""
 
@@ -354,5 +292,4 @@ class ZayaLM(ZayaPreTrainedModel, ZayaGenerationMixin):
         return self.head_outputs(outputs, labels, logits_to_keep, segment_ids, loss_chunk_size, return_logits)
 
 
-__all__ = ["ZayaLM", "ZayaLMModel", "ZayaPreTrainedModel", "ZayaDecoderLayer", "ForwardContext", "Routing",
-           "ZayaGenerationMixin", "output_logits"]
+__all__ = ["ZayaLM", "ZayaLMModel", "ZayaPreTrainedModel", "ZayaDecoderLayer", "ForwardContext", "Routing"]

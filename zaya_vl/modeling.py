@@ -22,7 +22,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTra
 from zaya_vl.configuration import ReferenceZayaVLConfig, ZayaVLConfig
 from zaya_vl.conversion import convert_reference_state_dict
 from zaya_vl.lm.cache import ZayaCache
-from zaya_vl.lm.modeling import ZayaGenerationMixin, ZayaLMModel
+from zaya_vl.lm.generation import ZayaGenerationMixin
+from zaya_vl.lm.modeling import ZayaLMModel
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")

@@ -1,0 +1,74 @@
+"""What every model with a ZAYA1 decoder (``self.model``) and an ``lm_head`` shares: the loss/logits head and
+generation with the compressed cache. ``ZayaLM`` and ``zaya_vl.ZayaVL`` both mix it in."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from zaya_vl.lm.cache import ZayaCache
+from zaya_vl.lm.loss import causal_lm_loss
+
+
+def output_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``hidden @ weight.T (+ bias)``. For the few rows of a decode step on CPU, computing the product as
+    ``(weight @ hidden.T).T`` lets MKL pick its tall-skinny kernel: about 2× faster for a large vocabulary."""
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    if hidden.device.type != "cpu" or not 1 < rows.shape[0] <= 64 or torch.is_grad_enabled():
+        return torch.nn.functional.linear(hidden, weight, bias)
+    logits = torch.mm(weight, rows.t()).t()
+    if bias is not None:
+        logits = logits + bias
+    return logits.reshape(*hidden.shape[:-1], weight.shape[0])
+
+
+class ZayaGenerationMixin(GenerationMixin):
+    _is_stateful = True
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def head_outputs(self, outputs, labels, logits_to_keep, segment_ids, loss_chunk_size,
+                     return_logits) -> CausalLMOutputWithPast:
+        """With ``labels`` the loss is computed in chunks of ``loss_chunk_size`` tokens without ever holding full
+        fp32 logits, and logits are not returned unless ``return_logits=True``."""
+        hidden = outputs.last_hidden_state
+        loss = logits = None
+        if labels is not None:
+            loss = causal_lm_loss(hidden, self.lm_head.weight, labels, bias=self.lm_head.bias,
+                                  chunk_size=loss_chunk_size, segment_ids=segment_ids)
+        if labels is None or return_logits:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = output_logits(hidden[:, keep], self.lm_head.weight, self.lm_head.bias)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        if "routings" in outputs:
+            result["routings"] = outputs["routings"]
+        return result
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
+                                      max_cache_length, *args, **kwargs) -> None:
+        # Our own compressed cache, preallocated to the generation's max length, replaces DynamicCache.
+        if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
+            return
+        copies = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
+        model_kwargs["past_key_values"] = ZayaCache(
+            self.config.get_text_config(), batch_size * copies, max_length=max_cache_length, dtype=self.dtype,
+            device=self.device)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
+
+__all__ = ["ZayaGenerationMixin", "output_logits"]
