@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # e.g. `make test TORCH_SPEC="torch==2.14.1"`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo tiny-model test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The bundled tiny model answers questions about examples/*.png, then scores itself on its held-out split.
 demo: setup
-	$(VENV)/bin/zaya-vl demo-lm
+	$(VENV)/bin/zaya-vl demo
+
+# Rebuild the bundled model (examples/tiny_docvqa/model), its example images and its held-out eval split.
+tiny-model: setup
+	$(VENV)/bin/python examples/tiny_docvqa/build.py
 
 test: setup
 	$(PY) -m pytest

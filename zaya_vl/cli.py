@@ -2,6 +2,7 @@
 
     zaya-vl describe [--preset zaya1-8b]     sizes of a config: parameters, active parameters, KV bytes/token
     zaya-vl ask --image IMG "QUESTION"       answer a question about an image
+    zaya-vl demo [--model DIR] [--limit N]   the bundled tiny model answers example documents, then scores itself
     zaya-vl demo-lm                          generate with the bundled tiny LM, print tokens/s
     zaya-vl train CONFIG [--resume]          text phases and VL stages with accelerate
     zaya-vl eval --model PATH --tasks ...    DocVQA / AI2D / MathVista, resumable
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -35,6 +37,17 @@ def _ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from zaya_vl.demo import run_demo
+
+    try:
+        run_demo(args.model, args.examples_dir, args.eval_dir, args.output_dir, limit=args.limit,
+                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    except FileNotFoundError as error:
+        raise SystemExit(f"zaya-vl demo: {error}") from None
+    return 0
+
+
 def default_model_path():
     """The tiny ZAYA1-VL bundled with the repository (examples/), trained on synthetic documents."""
     from pathlib import Path
@@ -44,6 +57,7 @@ def default_model_path():
 
 def build_parser() -> argparse.ArgumentParser:
     from zaya_vl import demo_lm
+    from zaya_vl.demo import DEFAULT_EVAL, DEFAULT_EXAMPLES, DEFAULT_MODEL, DEFAULT_OUTPUT
     from zaya_vl.eval_vl.cli import add_eval_args, add_score_args
     from zaya_vl.lm.presets import PRESETS
     from zaya_vl.training.cli import add_train_args
@@ -55,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--preset", choices=sorted(PRESETS), default="zaya1-8b")
     describe.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     describe.set_defaults(func=_describe)
+
+    demo_vl = sub.add_parser("demo", help="the bundled tiny model answers questions about example documents, "
+                                          "then scores itself on a held-out split")
+    demo_vl.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="checkpoint folder (default: %(default)s)")
+    demo_vl.add_argument("--examples-dir", type=Path, default=DEFAULT_EXAMPLES,
+                         help="folder with receipt.png, form.png, chart.png, diagram.png (default: %(default)s)")
+    demo_vl.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL,
+                         help="folder with docvqa.jsonl and ai2d.jsonl (default: %(default)s)")
+    demo_vl.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT,
+                         help="eval results; rerun to resume (default: %(default)s)")
+    demo_vl.add_argument("--limit", type=int, default=None, help="first N items of each eval task")
+    demo_vl.add_argument("--batch-size", type=int, default=8)
+    demo_vl.add_argument("--max-new-tokens", type=int, default=None, help="cap every reply (default: each task's)")
+    demo_vl.set_defaults(func=_demo)
 
     demo = sub.add_parser("demo-lm", help="generate with the bundled tiny ZAYA1 LM and print tokens/s")
     demo_lm.add_arguments(demo)
