@@ -49,12 +49,19 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on ``corpus``, with ZAYA1-VL's special tokens and chat template."""
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2,
+                    split_digits: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``corpus``, with ZAYA1-VL's special tokens and chat template.
+
+    ``split_digits`` makes every digit its own token (as Llama / Gemma tokenizers do), so a number is
+    read and written one digit at a time.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                               if split_digits else byte_level)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

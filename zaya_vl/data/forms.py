@@ -38,7 +38,9 @@ def _value(label: str, rng: random.Random) -> str:
 
 
 def sample(rng: random.Random, tier: str) -> Form:
-    chosen = set(rng.sample(list(FIELD_QUESTIONS), rng.randint(3, 4)))
+    # Easy forms carry every field in a fixed order; hard ones a random 3-4 of them.
+    n = len(FIELD_QUESTIONS) if tier == "easy" else rng.randint(3, 4)
+    chosen = set(rng.sample(list(FIELD_QUESTIONS), n))
     labels = [label for label in FIELD_QUESTIONS if label in chosen]
     return Form(rng.choice(TITLES), tuple((label, _value(label, rng)) for label in labels))
 
@@ -54,6 +56,8 @@ def strings(form: Form) -> list[str]:
 
 
 def render(form: Form, c: Canvas) -> dict[str, Box]:
+    if c.style.tier == "easy":
+        return _render_grid(form, c)
     left, right = c.px(20) + c.ox, c.width - c.px(20) + c.ox
     y = c.px(12) + c.oy
     title_font = c.fit_font([form.title], 24, right - left, bold=True)
@@ -70,4 +74,16 @@ def render(form: Form, c: Canvas) -> dict[str, Box]:
         c.draw.rectangle([left, y, right, box_bottom], outline=c.style.ink, width=max(1, c.px(2)))
         boxes[f"field{k}"] = c.text(left + 2 * pad, y + pad + max(1, c.px(2)), value, value_font)
         y = box_bottom + c.px(10)
+    return boxes
+
+
+def _render_grid(form: Form, c: Canvas) -> dict[str, Box]:
+    """Easy tier: title, then label row / value row per field, values one character per grid cell."""
+    cell, boxes = c.cell(), {}
+    title_font = c.fit_font([form.title], 22, c.width - 2 * c.px(8), bold=True)
+    c.text(c.width // 2, (cell - title_font.line_height) // 2 + 2, form.title, title_font, "center")
+    label_font, glyphs = c.font(16), c.font(22)
+    for k, (label, value) in enumerate(form.fields):
+        c.text(c.px(8), (1 + 2 * k) * cell + cell - label_font.line_height, label + ":", label_font)
+        boxes[f"field{k}"] = c.grid_text(1, 2 + 2 * k, value, glyphs)
     return boxes

@@ -69,6 +69,8 @@ def strings(receipt: Receipt) -> list[str]:
 
 
 def render(receipt: Receipt, c: Canvas) -> dict[str, Box]:
+    if c.style.tier == "easy":
+        return _render_grid(receipt, c)
     margin = c.px(20) + c.ox
     left, right, centre = margin, c.width - c.px(20) + c.ox, c.width // 2 + c.ox
     boxes: dict[str, Box] = {}
@@ -98,4 +100,25 @@ def render(receipt: Receipt, c: Canvas) -> dict[str, Box]:
     total_font = c.font(24, bold=True)
     c.text(left, y, "TOTAL", total_font)
     boxes["total"] = c.text(right, y, money(receipt.total_cents), total_font, "right")
+    return boxes
+
+
+def _render_grid(receipt: Receipt, c: Canvas) -> dict[str, Box]:
+    """Easy tier: fixed rows, values one character per grid cell (see Canvas.grid_text)."""
+    cell, boxes = c.cell(), {}
+    glyphs = c.font(22)
+    vendor_font = c.fit_font([receipt.vendor], 24, c.width - 2 * c.px(8), bold=True)
+    boxes["vendor"] = c.text(c.width // 2, (cell - vendor_font.line_height) // 2 + 2, receipt.vendor,
+                             vendor_font, "center")
+    c.text(c.width // 2, cell + c.px(4), receipt.title, c.font(16), "center")
+    boxes["date"] = c.grid_text(1, 2, receipt.date, glyphs)
+    c.rule(3 * cell + cell // 2, c.px(8))
+    name_font = c.font(18)
+    for k, item in enumerate(receipt.items):
+        c.text(c.px(8), (4 + k) * cell + (cell - name_font.line_height) // 2 + 2, item.name, name_font)
+        boxes[f"price{k}"] = c.grid_text(7, 4 + k, money(item.cents), glyphs)
+    c.rule(8 * cell + cell // 2, c.px(8))
+    total_font = c.font(20, bold=True)
+    c.text(c.px(8), 9 * cell + (cell - total_font.line_height) // 2 + 2, "TOTAL", total_font)
+    boxes["total"] = c.grid_text(7, 9, money(receipt.total_cents), glyphs)
     return boxes

@@ -143,6 +143,33 @@ class Canvas:
         left = {"left": x, "center": x - w // 2, "right": x - w}[align]
         return font.draw(self.image, (left, y), text, fill or self.style.ink)
 
+    # Easy-tier pages print values one character per cell of a GRID_CELL grid: the cell is one merged
+    # 28 px token of a Qwen2.5-VL tower at BASE_SIZE, so each token sees exactly one whole glyph and a
+    # tiny model trained from scratch learns to read in minutes instead of days.
+    GRID_CELL = 28
+
+    def cell(self) -> int:
+        # Rounded down so that BASE_SIZE / GRID_CELL = 12 cells always fit across the page.
+        return max(1, int(self.GRID_CELL * self.unit))
+
+    def grid_text(self, col: int, row: int, text: str, font: Font) -> Box:
+        """Draw `text` one character per grid cell from cell (col, row), each glyph centred in its cell."""
+        size = self.cell()
+        x0, y0 = col * size + self.ox, row * size + self.oy
+        _, top, _, bottom = font.bbox("0")
+        for k, ch in enumerate(text):
+            if ch == " ":
+                continue
+            if font.freetype:  # centre on the cell, every glyph on one baseline
+                ImageDraw.Draw(self.image).text(
+                    (x0 + k * size + size // 2, y0 + (size + bottom - top) // 2), ch, fill=self.style.ink,
+                    font=font._font, anchor="ms", stroke_width=font._stroke, stroke_fill=self.style.ink)
+            else:
+                bx0, _, bx1, _ = font.bbox(ch)
+                font.draw(self.image, (x0 + k * size + (size - (bx1 - bx0)) // 2 - bx0,
+                                       y0 + (size - (bottom - top)) // 2 - top), ch, self.style.ink)
+        return (x0, y0, x0 + len(text) * size, y0 + size)
+
     def rule(self, y: int, margin: int, width: int = 2) -> None:
         self.draw.line([(margin, y), (self.width - margin, y)], fill=self.style.ink, width=width)
 
