@@ -6,7 +6,8 @@
 Steps (each skips work that is already complete, so an interrupted build resumes):
   data       synthetic documents (zaya_vl.data.synthetic), seed SEED: easy + hard tiers, train/test disjoint
   tokenizer  a 1024-token BPE (digits split) trained on the train split's text + the Qwen2-VL image processor
-  train      `zaya-vl train examples/tiny_docvqa.yaml --resume` (easy-tier training rows)
+  train      `zaya-vl train examples/tiny_docvqa.yaml --resume`: every easy-tier question as asked at eval time
+             (one question per row) plus a "Read the text." transcript row per easy page
   package    the trained model + processor -> examples/tiny_docvqa/model; a held-out eval split ->
              examples/tiny_docvqa/eval; one example page per kind -> examples/<kind>.png
 """
@@ -28,7 +29,7 @@ BUNDLE = ROOT / "examples" / "tiny_docvqa"
 SEED = 0
 IMAGE_SIZE = 336  # 12 x 12 merged tokens; the easy tier prints one character per token (render.Canvas.grid_text)
 N_TRAIN_DOCS, N_TEST_DOCS = 12000, 400  # both tiers alternate; training uses the easy half
-N_BUNDLED_EVAL_DOCS = 200  # per split written to the repo: 25 per (tier, kind)
+N_BUNDLED_EVAL_DOCS = 100  # test documents written to the repo: 12-13 per (tier, kind)
 TOKENIZER_VOCAB = 1024
 PIXELS = IMAGE_SIZE * IMAGE_SIZE  # min = max: every page becomes exactly 12 x 12 tokens
 
@@ -42,16 +43,19 @@ def step_data() -> None:
                          workers=2, progress=True)
     rows = [json.loads(line) for line in open(data / "train.jsonl", encoding="utf-8")]
     easy = [row for row in rows if row["tier"] == "easy"]
-    pages = {}
+    reads = []
     for line in open(data / "documents.jsonl", encoding="utf-8"):
         doc = json.loads(line)
-        if doc["split"] == "train" and doc["tier"] == "easy":
-            pages[doc["doc_id"]] = transcript(doc["kind"], doc["content"])
-    conversations = _conversations(easy, pages, random.Random(SEED))
-    (data / "train_easy.jsonl").write_text("".join(json.dumps(row) + "\n" for row in conversations),
-                                           encoding="utf-8")
-    print(f"data: {len(easy)} easy training questions of {len(rows)} as {len(conversations)} conversations "
-          f"-> {data / 'train_easy.jsonl'}")
+        text = transcript(doc["kind"], doc["content"])
+        if doc["split"] == "train" and doc["tier"] == "easy" and text:
+            reads.append({"id": doc["doc_id"] + "-read", "doc_id": doc["doc_id"], "kind": doc["kind"], "tier": "easy",
+                          "messages": [{"role": "user", "content": [{"type": "image", "image": doc["image"]},
+                                                                    {"type": "text", "text": READ_PROMPT}]},
+                                       {"role": "assistant", "content": [{"type": "text", "text": text}]}]})
+    mix = easy + reads
+    random.Random(SEED).shuffle(mix)
+    (data / "train_single.jsonl").write_text("".join(json.dumps(row) + "\n" for row in mix), encoding="utf-8")
+    print(f"data: {len(easy)} easy questions + {len(reads)} page transcripts -> {data / 'train_single.jsonl'}")
 
 
 READ_PROMPT = "Read the text."
@@ -71,29 +75,6 @@ def transcript(kind: str, content: dict) -> str | None:
         return "\n".join([content["title"], *(f"{label} {value}" for label, value in
                                                zip(content["labels"], content["values"]))])
     return None
-
-
-def _conversations(rows: list[dict], pages: dict[str, str | None], rng: random.Random) -> list[dict]:
-    """One multi-turn row per document, its questions in random order: the image is encoded once for all of
-    them (about 4x less compute per answer on CPU). The first turn is exactly the eval prompt, and every
-    question type comes first in some documents. A last turn asks for the page's transcript."""
-    by_doc: dict[str, list[dict]] = {}
-    for row in rows:
-        by_doc.setdefault(row["doc_id"], []).append(row)
-    out = []
-    for doc_id, questions in by_doc.items():
-        rng.shuffle(questions)
-        messages = []
-        for k, row in enumerate(questions):
-            user, answer = row["messages"]
-            parts = user["content"] if k == 0 else [p for p in user["content"] if p["type"] == "text"]
-            messages += [{"role": "user", "content": parts}, answer]
-        if pages.get(doc_id):
-            messages += [{"role": "user", "content": [{"type": "text", "text": READ_PROMPT}]},
-                         {"role": "assistant", "content": [{"type": "text", "text": pages[doc_id]}]}]
-        out.append({**{key: questions[0][key] for key in ("doc_id", "kind", "tier")}, "id": doc_id,
-                    "messages": messages})
-    return out
 
 
 def step_tokenizer() -> None:
@@ -121,10 +102,17 @@ def step_train() -> None:
 def step_package() -> None:
     from zaya_vl.data.synthetic import render_example
 
+    import torch
+
+    from zaya_vl import ZayaVL, ZayaVLProcessor
+
     final = ROOT / "runs" / "tiny_docvqa" / "final"
     model_dir = BUNDLE / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
-    shutil.copytree(final, model_dir, ignore=shutil.ignore_patterns("training_state*", "*.pt"))
+    # bf16 on disk halves the repo weight; the router stays fp32 (_keep_in_fp32_modules_strict) and
+    # VLAssistant loads fp32 on CPU.
+    ZayaVL.from_pretrained(final, dtype=torch.bfloat16).save_pretrained(model_dir)
+    ZayaVLProcessor.from_pretrained(final).save_pretrained(model_dir)
     _bundle_eval_split(WORK / "data", BUNDLE / "eval")
     for kind in ("receipt", "form", "chart", "diagram"):
         render_example(kind, ROOT / "examples" / f"{kind}.png", seed=SEED, image_size=IMAGE_SIZE)
