@@ -64,11 +64,12 @@ READ_PROMPT = "Read the text."
 def transcript(kind: str, content: dict) -> str | None:
     """The page's text in reading order: a dense reading target for every value on the page, not only the one
     a question asks about (receipts, forms, charts; diagrams have no text to read)."""
+    from zaya_vl.data.receipts import money
+
     if kind == "receipt":
-        items = [f"{item['name']} {item['cents'] // 100}.{item['cents'] % 100:02d}" for item in content["items"]]
-        total = sum(item["cents"] for item in content["items"])
-        return "\n".join([content["vendor"], content["title"], content["date"], *items,
-                          f"TOTAL {total // 100}.{total % 100:02d}"])
+        items = [f"{item['name']} {money(item['cents'])}" for item in content["items"]]
+        total = money(sum(item["cents"] for item in content["items"]))
+        return "\n".join([content["vendor"], content["title"], content["date"], *items, f"TOTAL {total}"])
     if kind == "form":
         return "\n".join([content["title"], *(f"{label}: {value}" for label, value in content["fields"])])
     if kind == "chart":

@@ -108,6 +108,18 @@ class Font:
         return (x + bx0, y + by0, x + bx1, y + by1)
 
 
+    def draw_in_cell(self, image: Image.Image, xy: tuple[int, int], size: int, glyph: str, fill: RGB) -> None:
+        """Draw one glyph centred in the `size` px square at `xy`, every glyph on the baseline of "0"."""
+        x, y = xy
+        _, top, _, bottom = self.bbox("0")
+        if self.freetype:
+            ImageDraw.Draw(image).text((x + size // 2, y + (size + bottom - top) // 2), glyph, fill=fill,
+                                       font=self._font, anchor="ms", stroke_width=self._stroke, stroke_fill=fill)
+        else:
+            bx0, _, bx1, _ = self.bbox(glyph)
+            self.draw(image, (x + (size - (bx1 - bx0)) // 2 - bx0, y + (size - (bottom - top)) // 2 - top), glyph, fill)
+
+
 @lru_cache(maxsize=256)
 def get_font(size: int, bold: bool = False) -> Font:
     return Font(size, bold)
@@ -144,8 +156,8 @@ class Canvas:
         return font.draw(self.image, (left, y), text, fill or self.style.ink)
 
     # Easy-tier pages print values one character per cell of a GRID_CELL grid: the cell is one merged
-    # 28 px token of a Qwen2.5-VL tower at BASE_SIZE, so each token sees exactly one whole glyph and a
-    # tiny model trained from scratch learns to read in minutes instead of days.
+    # 28 px token of a Qwen2.5-VL tower at BASE_SIZE, so each token sees exactly one whole glyph and
+    # reading a value is a per-token lookup.
     GRID_CELL = 28
 
     def cell(self) -> int:
@@ -156,18 +168,9 @@ class Canvas:
         """Draw `text` one character per grid cell from cell (col, row), each glyph centred in its cell."""
         size = self.cell()
         x0, y0 = col * size + self.ox, row * size + self.oy
-        _, top, _, bottom = font.bbox("0")
         for k, ch in enumerate(text):
-            if ch == " ":
-                continue
-            if font.freetype:  # centre on the cell, every glyph on one baseline
-                ImageDraw.Draw(self.image).text(
-                    (x0 + k * size + size // 2, y0 + (size + bottom - top) // 2), ch, fill=self.style.ink,
-                    font=font._font, anchor="ms", stroke_width=font._stroke, stroke_fill=self.style.ink)
-            else:
-                bx0, _, bx1, _ = font.bbox(ch)
-                font.draw(self.image, (x0 + k * size + (size - (bx1 - bx0)) // 2 - bx0,
-                                       y0 + (size - (bottom - top)) // 2 - top), ch, self.style.ink)
+            if ch != " ":
+                font.draw_in_cell(self.image, (x0 + k * size, y0), size, ch, self.style.ink)
         return (x0, y0, x0 + len(text) * size, y0 + size)
 
     def rule(self, y: int, margin: int, width: int = 2) -> None:
