@@ -68,7 +68,7 @@ class ZayaAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.layer_type = config.layer_types[layer_idx]
-        self.head_dim = config.head_dim
+        self.head_dim, self.num_heads = config.head_dim, config.num_attention_heads
         self.qkv_proj = CCAProjection(config, layer_idx)
         self.qk_norm = QKNorm(config)
         self.o_proj = nn.Linear(config.num_attention_heads * config.head_dim, config.hidden_size,
@@ -81,11 +81,10 @@ class ZayaAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx) -> torch.Tensor:
         batch, seq, _ = x.shape
         cache = ctx.cache
-        query, key, value = self.qkv_proj(x, ctx)
-        query, key = self.qk_norm(query, key)
-        cos, sin = ctx.rotary[self.layer_type]
-        query = apply_rotary(query.transpose(1, 2), cos, sin)
-        key = apply_rotary(key.transpose(1, 2), cos, sin)
+        heads, value = self.qkv_proj(x, ctx)
+        # Norm and rotate the query and key heads together (one pass each), then split them as views.
+        heads = apply_rotary(self.qk_norm(heads), ctx.rotary[self.layer_type]).transpose(1, 2)
+        query, key = heads[:, : self.num_heads], heads[:, self.num_heads:]
         value = value.transpose(1, 2)
         if cache is not None:
             key, value = cache.update(self.layer_idx, key.to(cache.dtype), value.to(cache.dtype))

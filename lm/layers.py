@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zaya_vl.lm.config import ZayaLMConfig
+from zaya_vl.lm.derived import DerivedTensors
 
 
 class RMSNorm(nn.Module):
@@ -36,11 +39,14 @@ class ResidualScaling(nn.Module):
         self.hidden_states_bias = nn.Parameter(torch.zeros(hidden_size))
         self.residual_scale = nn.Parameter(torch.ones(hidden_size))
         self.residual_bias = nn.Parameter(torch.zeros(hidden_size))
+        self._derived = DerivedTensors()
 
     def forward(self, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        # (branch + b₁)·s₁ + (residual + b₂)·s₂ with the constant b₁s₁ + b₂s₂ folded: two passes over the
-        # activations instead of five.
-        constant = self.hidden_states_bias * self.hidden_states_scale + self.residual_bias * self.residual_scale
+        # (branch + b₁)·s₁ + (residual + b₂)·s₂ with the constant b₁s₁ + b₂s₂ folded (and memoised at
+        # inference): two passes over the activations instead of five.
+        sources = [self.hidden_states_bias, self.hidden_states_scale, self.residual_bias, self.residual_scale]
+        constant = self._derived.get("constant", sources, lambda: torch.addcmul(
+            self.hidden_states_bias * self.hidden_states_scale, self.residual_bias, self.residual_scale))
         merged = torch.addcmul(constant.to(residual.dtype), branch.to(residual.dtype), self.hidden_states_scale)
         return torch.addcmul(merged, residual, self.residual_scale)
 
@@ -79,25 +85,35 @@ class RotaryEmbedding(nn.Module):
         return 1.0 / (params["rope_theta"] ** exponents)
 
     @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """cos/sin of shape (batch, seq, rotary_dim) per layer type, computed in fp32."""
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> dict[str, "RotaryTables"]:
+        """Per layer type, tables over the full head width (batch, seq, 1, head_dim) so that a rotation is three
+        ops on all heads at once (``apply_rotary``): channels past the rotary part get cos 1 and sin 0."""
         tables = {}
+        head_dim = self.config.head_dim
         for layer_type in self.layer_types:
-            inv_freq = getattr(self, f"{layer_type}_inv_freq")
-            freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device)
+            inv_freq = getattr(self, f"{layer_type}_inv_freq").to(position_ids.device)
+            rotary_dim, half = 2 * inv_freq.shape[0], inv_freq.shape[0]
+            freqs = position_ids[..., None].float() * inv_freq
             angles = torch.cat((freqs, freqs), dim=-1)
-            tables[layer_type] = (angles.cos().to(dtype), angles.sin().to(dtype))
+            cos = F.pad(angles.cos(), (0, head_dim - rotary_dim), value=1.0)
+            # rotate_half(x) = (-x[half:], x[:half]) inside the rotary part: the sign lives in sin, the swap in
+            # a channel permutation (identity on the pass-through channels).
+            sin = F.pad(torch.cat((-freqs.sin(), freqs.sin()), dim=-1), (0, head_dim - rotary_dim), value=0.0)
+            swap = torch.arange(head_dim, device=position_ids.device)
+            swap[:rotary_dim] = (swap[:rotary_dim] + half) % rotary_dim
+            tables[layer_type] = RotaryTables(cos[:, :, None].to(dtype), sin[:, :, None].to(dtype), swap)
         return tables
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``cos.shape[-1]`` channels of ``x`` (batch, heads, seq, head_dim)."""
-    rotary_dim = cos.shape[-1]
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
-    half = rotary_dim // 2
-    rotated_half = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-    return torch.cat((x_rot * cos + rotated_half * sin, x_pass), dim=-1)
+class RotaryTables(NamedTuple):
+    cos: torch.Tensor    # (batch, seq, 1, head_dim)
+    sin: torch.Tensor    # (batch, seq, 1, head_dim), rotate-half's signs folded in
+    swap: torch.Tensor   # (head_dim,) the channel each channel's rotate-half partner sits at
 
 
-__all__ = ["RMSNorm", "ResidualScaling", "RotaryEmbedding", "apply_rotary"]
+def apply_rotary(x: torch.Tensor, tables: RotaryTables) -> torch.Tensor:
+    """Partial RoPE of ``x`` (batch, seq, heads, head_dim): ``x·cos + rotate_half(x)·sin``."""
+    return torch.addcmul(x * tables.cos, x.index_select(-1, tables.swap), tables.sin)
+
+
+__all__ = ["RMSNorm", "ResidualScaling", "RotaryEmbedding", "RotaryTables", "apply_rotary"]

@@ -134,9 +134,11 @@ class ZayaExperts(nn.Module):
     def _few_tokens(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         # Decode: each token indexes its chosen expert's weights directly, no sort or grouping.
         y = expert_mlp_tokens(x, self.gate_up_proj, self.down_proj, routing.expert)
-        y = y * routing.weight[:, None].to(y.dtype)
+        y = (y * routing.weight[:, None].to(y.dtype)).to(x.dtype)
+        if self.skip_output == "zero":
+            return y  # skip-routed rows are zeros already
         skipped = (routing.expert == self.num_experts)[:, None]
-        return torch.where(skipped, self._skip_rows(x, routing), y.to(x.dtype))
+        return torch.where(skipped, self._skip_rows(x, routing), y)
 
 
 class ZayaMoE(nn.Module):

@@ -76,12 +76,16 @@ def grouped_swiglu_reference(x: torch.Tensor, weight: torch.Tensor, offsets: tor
 def expert_mlp_tokens_reference(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
                                 expert: torch.Tensor) -> torch.Tensor:
     """Unsorted tokens, each through its own expert's SwiGLU MLP; ``expert == E`` (skip) gives zeros."""
-    out = x.new_zeros(x.shape[0], down.shape[1])
+    rows = []
     for token, chosen in enumerate(expert.tolist()):
         if chosen < gate_up.shape[0]:
             gate, up = F.linear(x[token:token + 1], gate_up[chosen]).chunk(2, dim=-1)
-            out[token] = F.linear(F.silu(gate) * up, down[chosen])[0]
-    return out
+            rows.append(F.linear(F.silu(gate) * up, down[chosen]))
+        else:
+            rows.append(x.new_zeros(1, down.shape[1]))
+    if len(rows) == 1:
+        return rows[0]
+    return torch.cat(rows) if rows else x.new_zeros(0, down.shape[1])
 
 
 __all__ = ["grouped_linear", "ExpertLoRA", "grouped_linear_reference", "grouped_swiglu_reference",

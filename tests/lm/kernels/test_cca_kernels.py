@@ -28,7 +28,8 @@ def _torch_step(proj, x, cache):
     """CCAProjection on the torch path: (raw q|k, query|key flattened, the cache's conv state afterwards)."""
     ctx = ForwardContext(rotary={}, attention_masks={}, attn_implementation="sdpa", cache=cache)
     qk, _, _ = proj.project(x)
-    query, key, _ = proj(x, ctx)
+    heads, _ = proj(x, ctx)
+    query, key = heads[:, :, : proj.num_heads], heads[:, :, proj.num_heads:]
     if cache is not None:
         cache.advance(x.shape[1])
     batch, seq = x.shape[:2]
@@ -36,8 +37,7 @@ def _torch_step(proj, x, cache):
 
 
 def _normed(norm, query, key):
-    query, key = norm(query, key)
-    return torch.cat([query.flatten(2), key.flatten(2)], -1)
+    return norm(torch.cat([query, key], dim=2)).flatten(2)
 
 
 def _cca_conv():
