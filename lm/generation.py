@@ -3,35 +3,14 @@ generation with the compressed cache. ``ZayaLM`` and ``zaya_vl.ZayaVL`` both mix
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 from transformers import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from zaya_vl.lm.cache import ZayaCache
-from zaya_vl.lm.derived import DerivedTensors
+from zaya_vl.lm.kernels import few_rows
 from zaya_vl.lm.loss import causal_lm_loss
-
-
-def output_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  weight_t: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
-    """``hidden @ weight.T (+ bias)``, with the GEMV/GEMM layout MKL runs fastest for a decode step on CPU.
-
-    Measured on this project's CPU (vocab 32k × 512, fp32): one row against a contiguous ``weight.T``
-    (``weight_t()``, a transposed copy the caller keeps) takes ~2 ms instead of ~5 ms; 2–64 rows as
-    ``(weight @ hidden.T).T`` take ~5 ms instead of ~11 ms. Other cases use ``F.linear``."""
-    rows = hidden.reshape(-1, hidden.shape[-1])
-    if hidden.device.type != "cpu" or rows.shape[0] > 64 or torch.is_grad_enabled():
-        return torch.nn.functional.linear(hidden, weight, bias)
-    if rows.shape[0] == 1 and weight_t is not None and weight.dtype == torch.float32:
-        logits = rows @ weight_t()
-    else:
-        logits = torch.mm(weight, rows.t()).t()
-    if bias is not None:
-        logits = logits + bias
-    return logits.reshape(*hidden.shape[:-1], weight.shape[0])
 
 
 class ZayaGenerationMixin(GenerationMixin):
@@ -60,19 +39,11 @@ class ZayaGenerationMixin(GenerationMixin):
                                   chunk_size=loss_chunk_size, segment_ids=segment_ids)
         if labels is None or return_logits:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = output_logits(hidden[:, keep], self.lm_head.weight, self.lm_head.bias, self._head_transposed)
+            logits = few_rows.linear(hidden[:, keep], self.lm_head.weight, self.lm_head.bias)
         result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
         if "routings" in outputs:
             result["routings"] = outputs["routings"]
         return result
-
-    def _head_transposed(self) -> torch.Tensor:
-        """A contiguous copy of ``lm_head.weight.T`` for single-row decode on CPU (memoised: it costs one more
-        vocab × hidden matrix in memory once decoding starts; rebuilt if the weight changes)."""
-        if "_derived_head" not in self.__dict__:
-            self.__dict__["_derived_head"] = DerivedTensors()
-        weight = self.lm_head.weight
-        return self.__dict__["_derived_head"].get("head_t", [weight], lambda: weight.t().contiguous())
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length, *args, **kwargs) -> None:
@@ -89,4 +60,4 @@ class ZayaGenerationMixin(GenerationMixin):
         return False
 
 
-__all__ = ["ZayaGenerationMixin", "output_logits"]
+__all__ = ["ZayaGenerationMixin"]

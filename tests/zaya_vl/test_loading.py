@@ -43,7 +43,11 @@ def test_reference_to_native_round_trip_keeps_logits_identical(reference_dir, tm
     assert "model.layers.1.mlp.experts.gate_up_proj" in keys and "model.norm.weight" in keys
     assert not any("local_experts" in k or "lora_" in k or k.startswith("model.layers") and ".attn." in k for k in keys)
     reloaded = ZayaVL.from_pretrained(tmp_path / "native").eval()
-    assert torch.equal(forward(reloaded, case), forward(model, case))
+    original = model.state_dict()
+    assert all(torch.equal(tensor, original[name]) for name, tensor in reloaded.state_dict().items())
+    # Same weights, but not the same memory alignment (the reload is memory-mapped), and CPU GEMMs may round
+    # differently by alignment: the logits agree to float rounding, not always bit for bit.
+    torch.testing.assert_close(forward(reloaded, case), forward(model, case), rtol=0, atol=1e-5)
     # The reference's choices travel with the converted config.
     assert reloaded.config.text_config.skip_expert_output == "scaled_input"
     assert reloaded.config.text_config.router_rms_norm_eps == 1e-6
