@@ -3,7 +3,6 @@ generation with the compressed cache. ``ZayaLM`` and ``zaya_vl.ZayaVL`` both mix
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from transformers import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
