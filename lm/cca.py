@@ -219,8 +219,9 @@ class CCAProjection(nn.Module):
         if cache is not None:
             # Written into the cache's own buffers (``value_delayed`` may view them, so after the cat above):
             # storing slices instead would keep this chunk's whole projections alive as long as the cache.
+            if fused and not state_in_place:  # the prefill kernel does not build the padded input
+                padded = torch.cat([history.to(qk.dtype), qk], 1)
             if not state_in_place:  # else the decode kernel has shifted it
-                padded = padded if not fused else torch.cat([history.to(qk.dtype), qk], 1)
                 cache.conv_states[self.layer_idx].copy_(padded[:, seq:])
             cache.delayed_values[self.layer_idx].copy_(value_next[:, -1])
             if next_adapter_input is not None:

@@ -107,7 +107,6 @@ class Font:
         bx0, by0, bx1, by1 = self.bbox(text)
         return (x + bx0, y + by0, x + bx1, y + by1)
 
-
     def draw_in_cell(self, image: Image.Image, xy: tuple[int, int], size: int, glyph: str, fill: RGB) -> None:
         """Draw one glyph centred in the `size` px square at `xy`, every glyph on the baseline of "0"."""
         x, y = xy
