@@ -4,7 +4,8 @@ Each row's samples are laid end to end; ``segment_ids`` number them (0, 1, …) 
 convolution window / delayed value and positions restart at every document start, and the loss never
 predicts across a boundary. Padding goes at the end of a row with ``attention_mask`` 0, label ``-100`` and a
 segment id of its own. ``pixel_values`` / ``image_grid_thw`` of all images are concatenated in row order,
-the layout the processor and the vision tower use.
+the layout the processor and the vision tower use. ``cell_labels`` (like ``labels``) is there when a sample's
+image has cells.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def collate_rows(rows: list[Row], *, pad_token_id: int, seq_len: int, pad_to: st
     attention_mask = torch.zeros((batch, length), dtype=torch.long)
     segment_ids = torch.zeros((batch, length), dtype=torch.long)
     pixel_values, image_grid_thw = [], []
+    with_cells = any(sample.cell_labels is not None for row in rows for sample in row.samples)
+    cell_labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long) if with_cells else None
     for b, row in enumerate(rows):
         start = 0
         for k, sample in enumerate(row.samples):
@@ -38,6 +41,8 @@ def collate_rows(rows: list[Row], *, pad_token_id: int, seq_len: int, pad_to: st
             labels[b, start:end] = torch.tensor(sample.labels)
             attention_mask[b, start:end] = 1
             segment_ids[b, start:end] = k
+            if sample.cell_labels is not None:
+                cell_labels[b, start:end] = torch.tensor(sample.cell_labels)
             if sample.has_images:
                 pixel_values.append(sample.pixel_values)
                 image_grid_thw.append(sample.image_grid_thw)
@@ -49,6 +54,8 @@ def collate_rows(rows: list[Row], *, pad_token_id: int, seq_len: int, pad_to: st
     if pixel_values:
         out["pixel_values"] = torch.cat(pixel_values)
         out["image_grid_thw"] = torch.cat(image_grid_thw)
+    if cell_labels is not None:
+        out["cell_labels"] = cell_labels
     return out
 
 

@@ -70,6 +70,7 @@ class TrainLoopConfig:
     grad_accum_steps: int = 1                     # global batch = micro_batch_size × grad_accum_steps × processes
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
     loss_chunk_size: int = 1024                   # tokens per chunk of the chunked cross-entropy
+    cell_loss_weight: float = 1.0                 # images whose rows carry "cells": weight of the cell loss (0: off)
     log_every: int = 1
     save_every: int | None = None                 # steps between checkpoints; None: only at the end
     keep_checkpoints: int = 2                     # newest complete checkpoints kept (0 keeps all)
@@ -166,6 +167,8 @@ class RunConfig:
             fail("train.save_every", f"must be >= 1 or null, got {self.train.save_every}")
         if self.train.keep_checkpoints < 0:
             fail("train.keep_checkpoints", "must be >= 0")
+        if self.train.cell_loss_weight < 0:
+            fail("train.cell_loss_weight", f"must be >= 0, got {self.train.cell_loss_weight}")
         if len(self.optim.betas) != 2:
             fail("optim.betas", f"expected two numbers, got {self.optim.betas}")
         if self.schedule.warmup_steps < 0:

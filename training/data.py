@@ -62,6 +62,9 @@ class Encoded:
     where: str = ""
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
+    # Per token: the id of the glyph in that image token's cell (the image part's "cells"), else IGNORE_INDEX;
+    # None when no image of the sample has cells. Targets of the trainer's cell loss (train.cell_loss_weight).
+    cell_labels: list[int] | None = None
 
     @property
     def has_images(self) -> bool:
@@ -172,6 +175,7 @@ class SampleEncoder:
     def __init__(self, tokenizer, config: DataConfig, processor=None, image_root: Path | None = None) -> None:
         self.tokenizer, self.processor, self.config = tokenizer, processor, config
         self.image_root = image_root
+        self._glyph_ids: dict[str, int] = {}
         # A VL checkpoint may keep its chat template on the processor rather than on the tokenizer.
         self.chat_template = getattr(tokenizer, "chat_template", None) or getattr(processor, "chat_template", None)
         self.placeholder_id = _token_id(tokenizer, "<image>")
@@ -225,15 +229,48 @@ class SampleEncoder:
         except Exception as error:  # noqa: BLE001 - jinja errors name the template, not the record
             raise InvalidSample(where, "malformed", f"the chat template failed on this record: {error}") from None
         ids, mask = list(templated["input_ids"]), list(templated["assistant_masks"])
-        pixel_values = image_grid_thw = None
+        pixel_values = image_grid_thw = cell_labels = None
         if sources:
             ids, mask, pixel_values, image_grid_thw = self._expand_images(messages, sources, ids, mask, where)
+            cells = _image_cells(messages)
+            if any(grid is not None for grid in cells):
+                cell_labels = self._cell_labels(ids, image_grid_thw, cells, [name for _, name in sources], where)
         if self.config.loss_on == "assistant":
             labels = [token if keep else IGNORE_INDEX for token, keep in zip(ids, mask)]
         else:
             labels = list(ids)
         labels = [IGNORE_INDEX if token in self.image_token_ids else label for token, label in zip(ids, labels)]
-        return Encoded(ids, labels, where, pixel_values, image_grid_thw)
+        return Encoded(ids, labels, where, pixel_values, image_grid_thw, cell_labels)
+
+    def _cell_labels(self, ids: list[int], image_grid_thw: torch.Tensor, cells: list[list[str] | None],
+                     names: list[str], where: str) -> list[int]:
+        """Each image's cell glyphs (rows top to bottom) as token ids at its image tokens, which the processor
+        lays out row-major over the merged grid. A glyph that is not a single token of the vocab is skipped."""
+        image_token_id = self.processor.image_token_id
+        merge = self.processor.image_processor.merge_size
+        starts = [i for i, token in enumerate(ids) if token == image_token_id and (i == 0 or ids[i - 1] != token)]
+        labels = [IGNORE_INDEX] * len(ids)
+        for start, (t, h, w), grid, name in zip(starts, image_grid_thw.tolist(), cells, names):
+            if grid is None:
+                continue
+            if not isinstance(grid, list) or not all(isinstance(line, str) for line in grid):
+                raise InvalidSample(where, "image", f"image {name}: cells must be a list of strings, one per row")
+            rows, cols = h // merge, w // merge
+            if t != 1 or len(grid) != rows or any(len(line) != cols for line in grid):
+                shape = f"{len(grid)} rows of lengths {sorted({len(line) for line in grid})}"
+                raise InvalidSample(where, "image", f"image {name}: its cells have {shape} but the processor made "
+                                    f"a {rows} x {cols} grid of image tokens; cells must match the processed "
+                                    "image (set the processor's min_pixels = max_pixels = the page's pixels)")
+            for k, glyph in enumerate("".join(grid)):
+                if glyph != " ":
+                    labels[start + k] = self._glyph_id(glyph)
+        return labels
+
+    def _glyph_id(self, glyph: str) -> int:
+        if glyph not in self._glyph_ids:
+            ids = self.tokenizer(glyph, add_special_tokens=False)["input_ids"]
+            self._glyph_ids[glyph] = ids[0] if len(ids) == 1 else IGNORE_INDEX
+        return self._glyph_ids[glyph]
 
     def _image_sources(self, record: dict, messages: list[dict], where: str) -> list[tuple[Any, str]]:
         """(source, name) for each image part, in order."""
@@ -309,6 +346,12 @@ def _carry_mask(ids: list[int], mask: list[int], expanded: list[int], placeholde
     if j != len(expanded):
         raise DataError(f"{where}: the processor produced {len(expanded) - j} tokens beyond the chat template's")
     return out
+
+
+def _image_cells(messages: list[dict]) -> list[list[str] | None]:
+    """The ``cells`` of each image part, in order (None where a part has none)."""
+    return [part.get("cells") for message in messages if isinstance(message.get("content"), list)
+            for part in message["content"] if isinstance(part, dict) and part.get("type") == "image"]
 
 
 def _token_id(tokenizer, token: str) -> int | None:

@@ -291,21 +291,27 @@ class Trainer:
         scale = accelerator.num_processes * loop.grad_accum_steps / max(global_count, 1)
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        cell_losses = []
         loads = None
         for batch in micro_batches:
             batch = {key: value.to(device) for key, value in batch.items()}
+            if loop.cell_loss_weight == 0:
+                batch.pop("cell_labels", None)
             with accelerator.accumulate(self.model):
                 out = self.model(**batch, output_router_logits=bool(self.routers),
                                  loss_chunk_size=loop.loss_chunk_size, use_cache=False)
                 count = count_targets(batch)
-                batch_loss = out.loss * count
+                lm_loss = batch_loss = out.loss * count
+                if "cell_loss" in out:  # weighted like `count` answer tokens, so micro-batches keep their shares
+                    cell_losses.append(float(out["cell_loss"]))
+                    batch_loss = lm_loss + loop.cell_loss_weight * out["cell_loss"] * count
                 if self.routers:
                     layer_loads = balancing.expert_loads(out["routings"], batch["attention_mask"], len(self.routers))
                     loads = layer_loads if loads is None else loads + layer_loads
                 if batch_loss.grad_fn is None:  # no counted token here: a zero that still reaches every weight
                     batch_loss = batch_loss + sum(p.sum() for p in self.trainable) * 0.0
                 accelerator.backward(batch_loss * scale)
-                loss_sum += batch_loss.detach().double()
+                loss_sum += lm_loss.detach().double()
         if not accelerator.sync_gradients:
             raise RuntimeError("gradient accumulation is out of step with accelerate (internal error)")
         max_norm = self.config.optim.grad_clip if self.config.optim.grad_clip is not None else math.inf
@@ -321,6 +327,8 @@ class Trainer:
                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                    "tokens": global_count, "data/epoch": self.stream.epoch,
                    "data/skipped": self.stream.total_skipped}
+        if cell_losses:
+            metrics["cell_loss"] = sum(cell_losses) / len(cell_losses)  # this process's micro-batches
         if loads is not None:
             loads = accelerator.reduce(loads.to(device), reduction="sum").cpu()
             metrics.update(balancing.load_metrics(loads))

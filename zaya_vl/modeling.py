@@ -14,6 +14,7 @@ import json
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -91,6 +92,18 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
                 "image tokens). Build inputs with ZayaVLProcessor, which expands each <image> placeholder.")
         return inputs_embeds.masked_scatter(image_mask[..., None], image_embeds.to(inputs_embeds.dtype))
 
+    def cell_loss(self, inputs_embeds: torch.Tensor, cell_labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of reading each labelled image token's own glyph through the final norm and the
+        (tied) LM head: it pulls the tower's output for a glyph towards the text embedding of that character, so
+        the decoder can copy from image tokens the way it copies text. A from-scratch tower needs it to learn to
+        read; labels are -100 where there is nothing to read."""
+        keep = cell_labels != -100
+        if not bool(keep.any()):
+            return inputs_embeds.sum() * 0.0  # still reaches every weight, as a real loss would
+        rows = self.model.norm(inputs_embeds[keep].to(self.model.norm.weight.dtype))
+        logits = F.linear(rows, self.lm_head.weight, self.lm_head.bias).float()
+        return F.cross_entropy(logits, cell_labels[keep])
+
     # -- forward ---------------------------------------------------------------------------------------
     def forward(
         self,
@@ -109,10 +122,13 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
         output_router_logits: bool = False,
         loss_chunk_size: int = 1024,
         return_logits: bool | None = None,
+        cell_labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """``image_mask`` (b, s) is derived from ``input_ids`` (``== image_token_id``); pass it only with
-        ``inputs_embeds``. See ``ZayaLM.forward`` for the loss, ``segment_ids`` and ``return_logits``."""
+        ``inputs_embeds``. See ``ZayaLM.forward`` for the loss, ``segment_ids`` and ``return_logits``.
+        ``cell_labels`` (b, s): glyph ids at image tokens (-100 elsewhere); the output then has ``cell_loss``
+        (see :meth:`cell_loss`), kept apart from ``loss`` so the caller chooses its weight."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if input_ids is not None:
@@ -129,7 +145,10 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
             image_attention=self.config.image_attention, segment_ids=segment_ids,
             output_router_logits=output_router_logits,
         )
-        return self.head_outputs(outputs, labels, logits_to_keep, segment_ids, loss_chunk_size, return_logits)
+        result = self.head_outputs(outputs, labels, logits_to_keep, segment_ids, loss_chunk_size, return_logits)
+        if cell_labels is not None:
+            result["cell_loss"] = self.cell_loss(inputs_embeds, cell_labels)
+        return result
 
     # -- loading ---------------------------------------------------------------------------------------
     @classmethod

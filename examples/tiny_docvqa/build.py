@@ -7,7 +7,8 @@ Steps (each skips work that is already complete, so an interrupted build resumes
   data       synthetic documents (zaya_vl.data.synthetic), seed SEED: easy + hard tiers, train/test disjoint
   tokenizer  a 1024-token BPE (digits split) trained on the train split's text + the Qwen2-VL image processor
   train      `zaya-vl train examples/tiny_docvqa.yaml --resume`: every easy-tier question as asked at eval time
-             (one question per row) plus a "Read the text." transcript row per easy page
+             (one question per row) plus a "Read the text." transcript row per easy page; every easy page's
+             image part carries its cells, so the cell loss teaches the from-scratch tower each glyph
   package    the trained model + processor -> examples/tiny_docvqa/model; a held-out eval split ->
              examples/tiny_docvqa/eval; one example page per kind -> examples/<kind>.png
 """
@@ -49,7 +50,8 @@ def step_data() -> None:
         text = transcript(doc["kind"], doc["content"])
         if doc["split"] == "train" and doc["tier"] == "easy" and text:
             reads.append({"id": doc["doc_id"] + "-read", "doc_id": doc["doc_id"], "kind": doc["kind"], "tier": "easy",
-                          "messages": [{"role": "user", "content": [{"type": "image", "image": doc["image"]},
+                          "messages": [{"role": "user", "content": [{"type": "image", "image": doc["image"],
+                                                                     "cells": doc["cells"]},
                                                                     {"type": "text", "text": READ_PROMPT}]},
                                        {"role": "assistant", "content": [{"type": "text", "text": text}]}]})
     mix = easy + reads

@@ -10,7 +10,10 @@ Drills (how much of the page's 12 × 12 merged image tokens carries the answer):
   repeat6  one digit six times at the same cells: 4 %; ignoring the image gives ln 10 / 7 = 0.33
   row12    one digit in all twelve cells of row 4: 8 %
   page     one digit in every cell: 100 %
-The answer is always six digits (the drawn digit repeated, or the six random ones).
+The answer is always six digits (the drawn digit repeated, or the six random ones). Each image part carries its
+`cells` (the digit in each token cell), so the trainer's cell loss applies; `--set train.cell_loss_weight=0`
+trains without it. Measured with the tiny model's recipe (batch 8): random6 stays at chance for 650 steps without
+the cell loss and falls to an answer loss of ~0.4 by step 175 with it.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def build(drill: str, out: Path, count: int, seed: int) -> None:
             image = f"images/{drill}-{index:05d}.png"
             canvas.finish().save(out / image)
             rows.write(json.dumps({"id": f"{drill}-{index}", "messages": [
-                {"role": "user", "content": [{"type": "image", "image": image},
+                {"role": "user", "content": [{"type": "image", "image": image, "cells": canvas.cell_rows()},
                                              {"type": "text", "text": "Read the text."}]},
                 {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}) + "\n")
 

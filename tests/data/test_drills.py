@@ -1,5 +1,5 @@
 """The reading drills (examples/tiny_docvqa/drills.py) put ink in exactly the grid cells their docstring names,
-and the answer is six digits drawn there."""
+the answer is six digits drawn there, and the rows' cells name exactly those glyphs."""
 
 import importlib.util
 import json
@@ -40,3 +40,7 @@ def test_drill_pages_and_answers(drill, tmp_path):
         if drill != "random6":
             assert len(set(answer)) == 1
         assert inked_cells(tmp_path / user["content"][0]["image"]) == EXPECTED_CELLS[drill]
+        cells = user["content"][0]["cells"]  # the cell loss's targets: the digit drawn in each inked cell
+        assert {(row, col) for row, line in enumerate(cells) for col, ch in enumerate(line) if ch != " "} \
+            == EXPECTED_CELLS[drill]
+        assert cells[4][1:7] == answer

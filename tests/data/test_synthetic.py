@@ -286,6 +286,33 @@ def test_easy_field_values_print_one_glyph_per_token_cell(dataset, documents):
     assert checked >= 8 and len(set(glyphs.values())) == len(glyphs)  # distinct characters look distinct
 
 
+def test_cells_name_the_glyph_inked_in_each_token_cell(dataset, documents):
+    """`cells` (documents.jsonl and the chat rows' image part): the answer of every easy grid field is spelled at
+    its box's cells, every named cell has ink, and pages off the token grid (hard tier, charts) have none."""
+    rows = {row["doc_id"]: row for row in _read_jsonl(dataset / "train.jsonl") + _read_jsonl(dataset / "test.jsonl")}
+    spelled = 0
+    for doc in documents.values():
+        assert rows[doc["doc_id"]]["messages"][0]["content"][0].get("cells") == doc["cells"]
+        if doc["tier"] != "easy" or doc["kind"] not in GRID_KINDS:
+            assert doc["cells"] is None, doc["doc_id"]
+            continue
+        cells = doc["cells"]
+        assert len(cells) == 12 and all(len(line) == 12 for line in cells)
+        for qa in doc["questions"]:
+            if qa["box"] in (None, "vendor"):
+                continue
+            x0, y0, x1, _ = doc["boxes"][qa["box"]]
+            assert cells[y0 // CELL][x0 // CELL:x1 // CELL] == qa["answers"][0]
+            spelled += 1
+        with Image.open(dataset / doc["image"]) as image:
+            page = np.asarray(image.convert("L"))
+        for r, line in enumerate(cells):
+            for c, glyph in enumerate(line):
+                if glyph != " ":
+                    assert (page[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] < 128).any(), (doc["doc_id"], r, c)
+    assert spelled >= 8
+
+
 def _draws_exactly(crop: np.ndarray, text: str, font: Font) -> bool:
     x0, y0, x1, y1 = font.bbox(text)
     if (x1 - x0, y1 - y0) != (crop.shape[1], crop.shape[0]):

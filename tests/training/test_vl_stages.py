@@ -8,11 +8,14 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from zaya_vl import ZayaVL
 from zaya_vl.training import InvalidSample, SampleEncoder, config_from_dict, open_records, train
 from zaya_vl.training.config import DataConfig
+from zaya_vl.training.collate import collate_rows
 from zaya_vl.training.data import IGNORE_INDEX
+from zaya_vl.training.packing import Row
 
 
 def _vl_config(vl_assets, output_dir, stage, data="data", **groups):
@@ -110,3 +113,68 @@ def test_over_budget_image_sample_is_never_split(vl_assets):
     stream = RowStream(records, encoder, seq_len=24, split_long_documents=True)
     with pytest.raises(InvalidSample, match=r"\d+ tokens, more than data.seq_len=24 \(it has images, so it is never"):
         stream.next_row()
+
+
+# -- cells: per-image-token reading targets -------------------------------------------------------------------
+CELLS = ["ab  ", " 12 ", "    ", "x  y"]  # a 112 px page is a 4 x 4 grid of merged tokens for this processor
+
+
+def _cells_rows(vl_assets, tmp_path, cells=CELLS, n=4):
+    Image.new("RGB", (112, 112), "white").save(tmp_path / "page.png")
+    rows = [{"id": f"c{k}", "messages": [
+        {"role": "user", "content": [{"type": "image", "image": "page.png", "cells": cells},
+                                     {"type": "text", "text": "Read the text."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "ab 12 x y"}]}]} for k in range(n)]
+    path = tmp_path / "cells.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _encode_first(vl_assets, path):
+    config = DataConfig(train=str(path))
+    records, root = open_records(config)
+    return SampleEncoder(vl_assets["tokenizer"], config, vl_assets["processor"], root)(records[0],
+                                                                                       records.describe(0))
+
+
+def test_cells_become_glyph_ids_at_the_image_tokens_in_raster_order(vl_assets, tmp_path):
+    tokenizer = vl_assets["tokenizer"]
+    encoded = _encode_first(vl_assets, _cells_rows(vl_assets, tmp_path))
+    image_id = tokenizer.convert_tokens_to_ids("<image_soft_token>")
+    image_positions = [i for i, token in enumerate(encoded.input_ids) if token == image_id]
+    assert encoded.image_grid_thw[0].tolist() == [1, 8, 8] and len(image_positions) == 16
+    expected = [IGNORE_INDEX if ch == " " else tokenizer.convert_tokens_to_ids(ch) for ch in "".join(CELLS)]
+    assert [encoded.cell_labels[i] for i in image_positions] == expected
+    assert all(label == IGNORE_INDEX for i, label in enumerate(encoded.cell_labels) if i not in image_positions)
+
+    plain = _encode_first(vl_assets, vl_assets["data"])
+    batch = collate_rows([Row([encoded]), Row([plain])], pad_token_id=0, seq_len=512, pad_to="longest")
+    assert batch["cell_labels"].shape == batch["labels"].shape
+    assert batch["cell_labels"][0, :len(encoded)].tolist() == encoded.cell_labels
+    assert (batch["cell_labels"][0, len(encoded):] == IGNORE_INDEX).all() and (batch["cell_labels"][1] == -100).all()
+
+
+@pytest.mark.parametrize("cells, why", [(CELLS[:3], r"its cells have 3 rows of lengths \[4\] but the processor "
+                                                    r"made a 4 x 4 grid"),
+                                        ([*CELLS[:3], "xy"], r"4 rows of lengths \[2, 4\]"),
+                                        ("ab12", "cells must be a list of strings")])
+def test_cells_that_do_not_match_the_token_grid_name_the_image(vl_assets, tmp_path, cells, why):
+    with pytest.raises(InvalidSample, match=rf"cells.jsonl:1 \(id=c0\): image page.png: .*{why}"):
+        _encode_first(vl_assets, _cells_rows(vl_assets, tmp_path, cells))
+
+
+def test_cell_loss_is_logged_apart_and_weight_zero_turns_it_off(vl_assets, tmp_path):
+    data = _cells_rows(vl_assets, tmp_path, n=8)
+    runs = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"w{weight}"
+        config = _vl_config(vl_assets, out, "sft", train={"max_steps": 3, "cell_loss_weight": weight},
+                            freeze={"train": ["*"]})
+        config["data"]["train"] = str(data)
+        train(config_from_dict(config))
+        runs[weight] = (out, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
+    (off_dir, off), (on_dir, on) = runs[0.0], runs[1.0]
+    assert "cell_loss" not in off[0] and on[0]["cell_loss"] > 0
+    assert on[0]["loss"] == off[0]["loss"]  # same weights, same batch: `loss` is the answer loss only
+    tower = "vision_tower.merger.mlp.2.weight"
+    assert not torch.equal(_weights(off_dir / "final")[tower], _weights(on_dir / "final")[tower])

@@ -58,15 +58,25 @@ def test_held_out_documents_are_not_in_the_training_split():
     assert make_document(build.SEED, "test", 0, "receipt", "easy").doc_id in test
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 is open: the bundled model has learnt the answer formats but not yet "
-                   "to read the values (see README); strict, so this turns red the day it starts reading")
-def test_it_reads_held_out_easy_receipts_and_forms():
-    """ANLS on the first held-out easy receipt/form questions, scored with lmms-eval's metric. An untrained
-    model of the same shape scores ~0 here (see README); a model that learnt only the answer formats ~0.2."""
+@pytest.fixture(scope="module")
+def easy_field_anls() -> float:
+    """Mean ANLS (lmms-eval's metric) of the bundled model on every held-out easy receipt/form question."""
     rows = [row for row in _eval_rows("docvqa.jsonl")
-            if "easy" in row["question_types"] and {"receipt", "form"} & set(row["question_types"])][:24]
-    assistant = VLAssistant.from_pretrained(str(BUNDLE / "model"), batch_size=8)
+            if "easy" in row["question_types"] and {"receipt", "form"} & set(row["question_types"])]
+    assert len(rows) > 100
+    assistant = VLAssistant.from_pretrained(str(BUNDLE / "model"), batch_size=16)
     replies = assistant.generate([[BUNDLE / "eval" / row["image"]] for row in rows],
                                  [row["question"] + DOCVQA_PROMPT_SUFFIX for row in rows], max_new_tokens=24)
-    score = sum(anls(reply, row["answers"]) for reply, row in zip(replies, rows)) / len(rows)
-    assert score >= 0.5, list(zip(replies, (row["answers"][0] for row in rows)))
+    return sum(anls(reply, row["answers"]) for reply, row in zip(replies, rows)) / len(rows)
+
+
+def test_it_reads_held_out_easy_receipts_and_forms(easy_field_anls):
+    """An untrained model of the same shape scores ~0 here, and the earlier bundled model, which had learnt the
+    answer formats but did not read, scored 0.17 (see README): 0.45 needs values read off the page."""
+    assert easy_field_anls >= 0.45
+
+
+@pytest.mark.xfail(strict=True, reason="issue 8's bar (ANLS 0.7 on easy receipt/form fields) is not met yet; "
+                   "strict, so this turns red the day a rebuilt model meets it")
+def test_it_meets_the_issue_bar_on_easy_receipts_and_forms(easy_field_anls):
+    assert easy_field_anls >= 0.7

@@ -80,7 +80,19 @@ def plan_split(seed: int, split: str, n_docs: int, tiers: tuple[str, ...], seen:
     return docs
 
 
-def render_document(doc: Document, size: tuple[int, int]) -> tuple[Image.Image, dict[str, Box]]:
+@dataclass(frozen=True)
+class Page:
+    image: Image.Image
+    boxes: dict[str, Box]  # named answer boxes, in pixels
+    cells: list[str] | None  # the glyphs drawn one per grid cell, one string per row (Canvas.cell_rows)
+
+
+def render_page(doc: Document, size: tuple[int, int]) -> Page:
     canvas = Canvas(size, doc.style)
     boxes = KINDS[doc.kind].render(doc.content, canvas)
-    return canvas.finish(), boxes
+    return Page(canvas.finish(), boxes, canvas.cell_rows())
+
+
+def render_document(doc: Document, size: tuple[int, int]) -> tuple[Image.Image, dict[str, Box]]:
+    page = render_page(doc, size)
+    return page.image, page.boxes

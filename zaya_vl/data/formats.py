@@ -62,8 +62,14 @@ def ai2d_prompt(question: str, options: Iterable[str]) -> str:
     return "\n".join([question, *lines]) + AI2D_PROMPT_SUFFIX
 
 
-def chat_row(row_id: str, doc_id: str, kind: str, tier: str, image: str, qa: QA) -> dict:
-    user = [{"type": "image", "image": image}, {"type": "text", "text": qa.prompt}]
+def chat_row(row_id: str, doc_id: str, kind: str, tier: str, image: str, qa: QA,
+             cells: list[str] | None = None) -> dict:
+    """One trainer row. ``cells``, when the page has them, go on the image part: the glyph in each merged
+    image token's cell, one string per row, which the trainer's cell loss reads (see training/README)."""
+    image_part = {"type": "image", "image": image}
+    if cells is not None:
+        image_part["cells"] = cells
+    user = [image_part, {"type": "text", "text": qa.prompt}]
     assistant = [{"type": "text", "text": qa.target}]
     return {"id": row_id, "doc_id": doc_id, "kind": kind, "tier": tier,
             "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
@@ -94,6 +100,9 @@ def validate_chat_row(row: dict) -> None:
     kinds = [part["type"] for part in user["content"]]
     _check(kinds == ["image", "text"], row, "user content must be [image, text]")
     _check(all(isinstance(part[part["type"]], str) for part in user["content"]), row, "parts must be str")
+    cells = user["content"][0].get("cells")
+    _check(cells is None or isinstance(cells, list) and all(isinstance(line, str) for line in cells), row,
+           "the image's cells must be a list of str")
     _check([p["type"] for p in assistant["content"]] == ["text"], row, "assistant content must be [text]")
     _check(bool(assistant["content"][0]["text"]), row, "empty answer")
 

@@ -134,6 +134,7 @@ class Canvas:
         self.image = Image.new("RGB", size, style.paper)
         self.draw = ImageDraw.Draw(self.image)
         self.ox, self.oy = self.px(style.jitter[0]), self.px(style.jitter[1])
+        self.cells: dict[tuple[int, int], str] = {}  # (col, row) -> the glyph grid_text drew in that cell
 
     def px(self, base: float) -> int:
         return round(base * self.unit)
@@ -170,7 +171,22 @@ class Canvas:
         for k, ch in enumerate(text):
             if ch != " ":
                 font.draw_in_cell(self.image, (x0 + k * size, y0), size, ch, self.style.ink)
+                self.cells[(col + k, row)] = ch
         return (x0, y0, x0 + len(text) * size, y0 + size)
+
+    def cell_rows(self) -> list[str] | None:
+        """What grid_text drew, as one string per grid row over the whole page (a space: no glyph recorded),
+        or None when nothing was drawn on the grid, the layout is shifted off it (jitter) or a cell is not one
+        28 px merged token (pages of another size than BASE_SIZE). These are the per-token reading targets of
+        the trainer's cell loss (`cells` of a chat row's image part)."""
+        size = self.cell()
+        if not self.cells or self.ox or self.oy or size != self.GRID_CELL:
+            return None
+        grid = [[" "] * (self.width // size) for _ in range(self.height // size)]
+        for (col, row), ch in self.cells.items():
+            if row < len(grid) and col < len(grid[row]):
+                grid[row][col] = ch
+        return ["".join(row) for row in grid]
 
     def rule(self, y: int, margin: int, width: int = 2) -> None:
         self.draw.line([(margin, y), (self.width - margin, y)], fill=self.style.ink, width=width)

@@ -7,7 +7,7 @@ Writes, under the output folder:
     train.jsonl, test.jsonl       chat rows (one per question) for the trainer; image paths relative
     eval/docvqa.jsonl             test receipts/forms/charts in the lmms-lab/DocVQA schema
     eval/ai2d.jsonl               test diagrams in the lmms-lab/ai2d schema
-    documents.jsonl               per document: content, style, printed strings, answer boxes
+    documents.jsonl               per document: content, style, printed strings, answer boxes, cells
     manifest.json                 seed, sizes, counts; written last, so its presence means complete
 """
 
@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import PIL
 from tqdm import tqdm
 
-from .documents import KINDS, TIERS, Document, make_document, plan_split, render_document
+from .documents import KINDS, TIERS, Document, make_document, plan_split, render_document, render_page
 from .formats import atomic_write_bytes, ai2d_row, chat_row, docvqa_row, jsonl_bytes, png_bytes
 from .render import FONT_NAME, Box
 
@@ -39,16 +39,17 @@ def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
-def _render_png(job: tuple[Document, tuple[int, int]]) -> tuple[bytes, dict[str, Box]]:
-    image, boxes = render_document(*job)
-    return png_bytes(image), boxes
+def _render_png(job: tuple[Document, tuple[int, int]]) -> tuple[bytes, dict[str, Box], list[str] | None]:
+    page = render_page(*job)
+    return png_bytes(page.image), page.boxes, page.cells
 
 
-def _document_row(doc: Document, boxes: dict[str, Box]) -> dict:
+def _document_row(doc: Document, boxes: dict[str, Box], cells: list[str] | None) -> dict:
     return {"doc_id": doc.doc_id, "split": doc.split, "kind": doc.kind, "tier": doc.tier, "image": doc.image,
             "content": asdict(doc.content), "style": asdict(doc.style), "text": doc.strings(),
             "boxes": {name: list(box) for name, box in boxes.items()},
-            "questions": [{"id": f"{doc.doc_id}-q{k}", **asdict(qa)} for k, qa in enumerate(doc.questions)]}
+            "questions": [{"id": f"{doc.doc_id}-q{k}", **asdict(qa)} for k, qa in enumerate(doc.questions)],
+            "cells": cells}
 
 
 def _counts(docs: list[Document]) -> dict:
@@ -82,16 +83,17 @@ def generate_dataset(out_dir: str | Path, n_train_docs: int, n_test_docs: int, s
     jobs = [(doc, size) for doc in docs]
     bar = tqdm(total=len(jobs), desc="rendering documents", unit="doc", disable=not progress)
     boxes: dict[str, dict[str, Box]] = {}
+    cells: dict[str, list[str] | None] = {}
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
-        for doc, (png, doc_boxes) in zip(docs, pool.map(_render_png, jobs, chunksize=16)):
+        for doc, (png, doc_boxes, doc_cells) in zip(docs, pool.map(_render_png, jobs, chunksize=16)):
             atomic_write_bytes(out / doc.image, png)
-            boxes[doc.doc_id] = doc_boxes
+            boxes[doc.doc_id], cells[doc.doc_id] = doc_boxes, doc_cells
             bar.update()
     bar.close()
 
     docvqa, ai2d = [], []
     for split, split_docs in splits.items():
-        rows = [chat_row(f"{d.doc_id}-q{k}", d.doc_id, d.kind, d.tier, d.image, qa)
+        rows = [chat_row(f"{d.doc_id}-q{k}", d.doc_id, d.kind, d.tier, d.image, qa, cells[d.doc_id])
                 for d in split_docs for k, qa in enumerate(d.questions)]
         atomic_write_bytes(out / f"{split}.jsonl", jsonl_bytes(rows))
     for d in splits["test"]:
@@ -103,7 +105,8 @@ def generate_dataset(out_dir: str | Path, n_train_docs: int, n_test_docs: int, s
                 docvqa.append(docvqa_row(f"{d.doc_id}-q{k}", d.doc_id, d.index, d.kind, d.tier, image, qa))
     atomic_write_bytes(out / "eval" / "docvqa.jsonl", jsonl_bytes(docvqa))
     atomic_write_bytes(out / "eval" / "ai2d.jsonl", jsonl_bytes(ai2d))
-    atomic_write_bytes(out / "documents.jsonl", jsonl_bytes(_document_row(d, boxes[d.doc_id]) for d in docs))
+    atomic_write_bytes(out / "documents.jsonl", jsonl_bytes(_document_row(d, boxes[d.doc_id], cells[d.doc_id])
+                                                                 for d in docs))
 
     manifest = {
         "generator": "zaya_vl.data.synthetic", "generator_version": GENERATOR_VERSION, "seed": seed,
