@@ -232,7 +232,7 @@ class SampleEncoder:
         pixel_values = image_grid_thw = cell_labels = None
         if sources:
             ids, mask, pixel_values, image_grid_thw = self._expand_images(messages, sources, ids, mask, where)
-            cells = _image_cells(messages)
+            cells = [part.get("cells") for part in _image_parts(messages)]
             if any(grid is not None for grid in cells):
                 cell_labels = self._cell_labels(ids, image_grid_thw, cells, [name for _, name in sources], where)
         if self.config.loss_on == "assistant":
@@ -278,21 +278,15 @@ class SampleEncoder:
         if not isinstance(column, (list, tuple)):
             column = [column]
         sources, from_column = [], 0
-        for message in messages:
-            content = message.get("content")
-            if not isinstance(content, list):
-                continue
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "image":
-                    continue
-                source = next((part[k] for k in ("image", "path", "url") if part.get(k) is not None), None)
-                if source is None:
-                    if from_column >= len(column):
-                        raise InvalidSample(where, "image", f"image part {len(sources)} names no image and the "
-                                            f"{self.config.images_column!r} column has only {len(column)}")
-                    source = column[from_column]
-                    from_column += 1
-                sources.append((self._resolve(source), _image_name(source, len(sources))))
+        for part in _image_parts(messages):
+            source = next((part[k] for k in ("image", "path", "url") if part.get(k) is not None), None)
+            if source is None:
+                if from_column >= len(column):
+                    raise InvalidSample(where, "image", f"image part {len(sources)} names no image and the "
+                                        f"{self.config.images_column!r} column has only {len(column)}")
+                source = column[from_column]
+                from_column += 1
+            sources.append((self._resolve(source), _image_name(source, len(sources))))
         return sources
 
     def _resolve(self, source: Any) -> Any:
@@ -348,9 +342,9 @@ def _carry_mask(ids: list[int], mask: list[int], expanded: list[int], placeholde
     return out
 
 
-def _image_cells(messages: list[dict]) -> list[list[str] | None]:
-    """The ``cells`` of each image part, in order (None where a part has none)."""
-    return [part.get("cells") for message in messages if isinstance(message.get("content"), list)
+def _image_parts(messages: list[dict]) -> list[dict]:
+    """The ``{"type": "image", ...}`` content parts of all messages, in order."""
+    return [part for message in messages if isinstance(message.get("content"), list)
             for part in message["content"] if isinstance(part, dict) and part.get("type") == "image"]
 
 
