@@ -13,7 +13,8 @@ Drills (how much of the page's 12 × 12 merged image tokens carries the answer):
 The answer is always six digits (the drawn digit repeated, or the six random ones). Each image part carries its
 `cells` (the digit in each token cell), so the trainer's cell loss applies; `--set train.cell_loss_weight=0`
 trains without it. Measured with the tiny model's recipe (batch 8): random6 stays at chance for 650 steps without
-the cell loss and falls to an answer loss of ~0.4 by step 175 with it.
+the cell loss. With it, the answer loss is 1.07 at step 200 with `train.max_steps=200`, and 0.42 at step 175 with a
+400-step schedule.
 """
 
 from __future__ import annotations
