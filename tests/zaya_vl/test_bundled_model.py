@@ -58,16 +58,20 @@ def test_held_out_documents_are_not_in_the_training_split():
     assert make_document(build.SEED, "test", 0, "receipt", "easy").doc_id in test
 
 
-@pytest.fixture(scope="module")
-def easy_field_anls() -> float:
-    """Mean ANLS (lmms-eval's metric) of the bundled model on every held-out easy receipt/form question."""
-    rows = [row for row in _eval_rows("docvqa.jsonl")
-            if "easy" in row["question_types"] and {"receipt", "form"} & set(row["question_types"])]
-    assert len(rows) > 100
+def _easy_anls(kinds: set[str], at_least: int) -> float:
+    """Mean ANLS (lmms-eval's metric) of the bundled model on every held-out easy question about ``kinds``."""
+    rows = [row for row in _eval_rows("docvqa.jsonl") if "easy" in row["question_types"]
+            and kinds & set(row["question_types"])]
+    assert len(rows) >= at_least
     assistant = VLAssistant.from_pretrained(str(BUNDLE / "model"), batch_size=16)
     replies = assistant.generate([[BUNDLE / "eval" / row["image"]] for row in rows],
                                  [row["question"] + DOCVQA_PROMPT_SUFFIX for row in rows], max_new_tokens=24)
     return sum(anls(reply, row["answers"]) for reply, row in zip(replies, rows)) / len(rows)
+
+
+@pytest.fixture(scope="module")
+def easy_field_anls() -> float:
+    return _easy_anls({"receipt", "form"}, at_least=100)
 
 
 def test_it_reads_held_out_easy_receipts_and_forms(easy_field_anls):
@@ -80,3 +84,9 @@ def test_it_meets_the_issue_bar_on_easy_receipts_and_forms(easy_field_anls):
     """Issue 8's bar, asked the way `zaya-vl ask` and the training rows put it (the image, then the question). The
     eval runner's lmms-eval-style "<image>\\n" + question layout scores lower (see README)."""
     assert easy_field_anls >= 0.7
+
+
+@pytest.mark.xfail(strict=True, reason="issue 8's chart bar (0.6) is not met: chart labels and values are off the "
+                   "token grid, so they get no cell targets (see README); strict, so this turns red when it is met")
+def test_it_meets_the_issue_bar_on_easy_charts():
+    assert _easy_anls({"chart"}, at_least=30) >= 0.6
