@@ -15,9 +15,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-# One placeholder per image, at the start of the prompt; the model's processor expands it into the
-# image tokens. lmms-eval's chat models also put the image before the question text.
-IMAGE_PLACEHOLDER = "<image>"
+from zaya_vl.tokenization import IMAGE_PLACEHOLDER
 
 
 class ItemError(ValueError):
@@ -133,4 +131,7 @@ class Task:
 
 
 def with_images(prompt: str, n_images: int) -> str:
-    return f"{IMAGE_PLACEHOLDER}\n" * n_images + prompt
+    """One placeholder per image, straight before the question: the layout lmms-eval's Qwen2.5-VL model sends
+    (content parts [image, text], which the chat template joins with no separator), and the one `zaya-vl ask`,
+    `VLAssistant` and the trainer's chat rows use. LLaVA-style "<image>\n" is a different prompt."""
+    return IMAGE_PLACEHOLDER * n_images + prompt

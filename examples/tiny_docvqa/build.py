@@ -7,8 +7,9 @@ Steps (each skips work that is already complete, so an interrupted build resumes
   data       synthetic documents (zaya_vl.data.synthetic), seed SEED: easy + hard tiers, train/test disjoint
   tokenizer  a 1024-token BPE (digits split) trained on the train split's text + the Qwen2-VL image processor
   train      `zaya-vl train examples/tiny_docvqa.yaml --resume`: every easy-tier question as asked at eval time
-             (one question per row) plus a "Read the text." transcript row per easy page; every easy page's
-             image part carries its cells, so the cell loss teaches the from-scratch tower each glyph
+             (one question per row), a "Read the text." transcript row per easy page and two chart steps per
+             easy chart (chart_steps); every easy page's image part carries its cells, so the cell loss
+             teaches the from-scratch tower each glyph
   package    the trained model + processor -> examples/tiny_docvqa/model; a held-out eval split ->
              examples/tiny_docvqa/eval; one example page per kind -> examples/<kind>.png
 """
@@ -36,6 +37,7 @@ PIXELS = IMAGE_SIZE * IMAGE_SIZE  # min = max: every page becomes exactly 12 x 1
 
 
 def step_data() -> None:
+    from zaya_vl.data.formats import DOCVQA_PROMPT_SUFFIX
     from zaya_vl.data.synthetic import generate_dataset
 
     data = WORK / "data"
@@ -44,23 +46,46 @@ def step_data() -> None:
                          workers=2, progress=True)
     rows = [json.loads(line) for line in open(data / "train.jsonl", encoding="utf-8")]
     easy = [row for row in rows if row["tier"] == "easy"]
-    reads = []
+    reads, steps = [], []
+    rng = random.Random(SEED)
     for line in open(data / "documents.jsonl", encoding="utf-8"):
         doc = json.loads(line)
+        if doc["split"] != "train" or doc["tier"] != "easy":
+            continue
         text = transcript(doc["kind"], doc["content"])
-        if doc["split"] == "train" and doc["tier"] == "easy" and text:
-            reads.append({"id": doc["doc_id"] + "-read", "doc_id": doc["doc_id"], "kind": doc["kind"], "tier": "easy",
-                          "messages": [{"role": "user", "content": [{"type": "image", "image": doc["image"],
-                                                                     "cells": doc["cells"]},
-                                                                    {"type": "text", "text": READ_PROMPT}]},
-                                       {"role": "assistant", "content": [{"type": "text", "text": text}]}]})
-    mix = easy + reads
+        if text:
+            reads.append(_page_row(doc, "read", READ_PROMPT, text))
+        if doc["kind"] == "chart":
+            steps += [_page_row(doc, name, prompt + DOCVQA_PROMPT_SUFFIX, answer)
+                      for name, prompt, answer in chart_steps(doc["content"], rng)]
+    mix = easy + reads + steps
     random.Random(SEED).shuffle(mix)
     (data / "train_single.jsonl").write_text("".join(json.dumps(row) + "\n" for row in mix), encoding="utf-8")
-    print(f"data: {len(easy)} easy questions + {len(reads)} page transcripts -> {data / 'train_single.jsonl'}")
+    print(f"data: {len(easy)} easy questions + {len(reads)} page transcripts + {len(steps)} chart steps "
+          f"-> {data / 'train_single.jsonl'}")
 
 
 READ_PROMPT = "Read the text."
+
+
+def _page_row(doc: dict, name: str, prompt: str, answer: str) -> dict:
+    return {"id": f"{doc['doc_id']}-{name}", "doc_id": doc["doc_id"], "kind": doc["kind"], "tier": doc["tier"],
+            "messages": [{"role": "user", "content": [{"type": "image", "image": doc["image"], "cells": doc["cells"]},
+                                                      {"type": "text", "text": prompt}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+
+
+def chart_steps(content: dict, rng: random.Random) -> list[tuple[str, str, str]]:
+    """Training-only questions for the two halves of "Which bar is the highest?": find the extreme value (an
+    argmax over the printed values) and name the bar that has a given value (a lookup from a value's row to
+    its label). Trained on the final questions alone, the model answered every highest/lowest question with one
+    constant label at step 2,000 while it read values (see README)."""
+    labels, values = content["labels"], content["values"]
+    k = rng.randrange(len(labels))
+    extreme = rng.choice(("highest", "lowest"))
+    best = (max if extreme == "highest" else min)(values)
+    return [("extreme", f"What is the {extreme} value?", str(best)),
+            ("lookup", f"Which bar has the value {values[k]}?", labels[k])]
 
 
 def transcript(kind: str, content: dict) -> str | None:

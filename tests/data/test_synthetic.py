@@ -243,8 +243,8 @@ def test_printed_answer_is_exactly_the_answer_text(dataset, documents):
     for row in _read_jsonl(dataset / "eval" / "docvqa.jsonl"):
         doc = documents[row["ucsf_document_id"]]
         qa = next(qa for qa in doc["questions"] if qa["id"] == row["questionId"])
-        if doc["tier"] != "easy" or qa["box"] is None or doc["kind"] in GRID_KINDS:
-            continue
+        if doc["tier"] != "easy" or qa["box"] is None or (doc["kind"] in GRID_KINDS and qa["box"] != "vendor"):
+            continue  # grid values: test_easy_field_values_print_one_glyph_per_token_cell
         with Image.open(dataset / "eval" / row["image"]) as image:
             page = np.asarray(image.convert("RGB"))
         box = doc["boxes"][qa["box"]]
@@ -254,10 +254,10 @@ def test_printed_answer_is_exactly_the_answer_text(dataset, documents):
         assert any(_draws_exactly(crop, answer, get_font(size, bold)) for size in range(8, 41)
                    for bold in (False, True)), f"{answer!r} not found in box {qa['box']} of {doc['doc_id']}"
         checked += 1
-    assert checked >= 4  # easy chart values and the vendor names of easy receipts
+    assert checked >= 2  # the vendor names of the easy test receipts, printed in proportional type
 
 
-GRID_KINDS = ("receipt", "form")  # easy tier: field values printed one character per 28 px grid cell
+GRID_KINDS = ("receipt", "form", "chart")  # easy tier: values printed one character per 28 px grid cell
 CELL = 28
 
 
@@ -288,7 +288,7 @@ def test_easy_field_values_print_one_glyph_per_token_cell(dataset, documents):
 
 def test_cells_name_the_glyph_inked_in_each_token_cell(dataset, documents):
     """`cells` (documents.jsonl and the chat rows' image part): the answer of every easy grid field is spelled at
-    its box's cells, every named cell has ink, and pages off the token grid (hard tier, charts) have none."""
+    its box's cells, every named cell has ink, and pages off the token grid (hard tier, diagrams) have none."""
     rows = {row["doc_id"]: row for row in _read_jsonl(dataset / "train.jsonl") + _read_jsonl(dataset / "test.jsonl")}
     spelled = 0
     for doc in documents.values():

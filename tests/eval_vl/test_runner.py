@@ -69,7 +69,7 @@ def test_requests_carry_prompt_images_and_caps(full_run):
     _, predictor, _ = full_run
     request = predictor.batches[0][0]
     assert (request.task, request.item_id, request.max_new_tokens) == ("docvqa", "101", 32)
-    assert request.prompt == "<image>\nWhat is the date?\nAnswer the question using a single word or phrase."
+    assert request.prompt == "<image>What is the date?\nAnswer the question using a single word or phrase."
     assert len(request.images) == 1 and request.images[0].mode == "RGB"
     assert {r.max_new_tokens for b in predictor.batches for r in b if r.task == "mathvista"} == {2048}
 

@@ -13,7 +13,7 @@ def test_docvqa_prompt_and_id(tiny_data):
     data = load_task_data("docvqa", tiny_data.docvqa)
     row = data.rows[0]
     assert TASKS["docvqa"].build_prompt(row) == (
-        "<image>\nWhat is the date?\nAnswer the question using a single word or phrase."
+        "<image>What is the date?\nAnswer the question using a single word or phrase."
     )
     assert TASKS["docvqa"].item_id(row, 0) == "101"
     assert TASKS["docvqa"].breakdown_keys(row) == {"question_types": ["handwritten", "form"]}
@@ -23,7 +23,7 @@ def test_docvqa_prompt_and_id(tiny_data):
 def test_ai2d_prompt_renders_lettered_options(tiny_data):
     data = load_task_data("ai2d", tiny_data.ai2d)
     assert TASKS["ai2d"].build_prompt(data.rows[0]) == (
-        "<image>\nWhich part absorbs water?\nA. leaf\nB. root\nC. stem\nD. flower\n"
+        "<image>Which part absorbs water?\nA. leaf\nB. root\nC. stem\nD. flower\n"
         "Answer with the option's letter from the given choices directly."
     )
     assert TASKS["ai2d"].item_id(data.rows[3], 3) == "3"  # no id column: row index
@@ -34,7 +34,7 @@ def test_ai2d_prompt_renders_lettered_options(tiny_data):
 def test_mathvista_query_prompt_is_the_dataset_query(tiny_data):
     row = load_task_data("mathvista", tiny_data.mathvista).rows[2]
     assert TASKS["mathvista"].build_prompt(row) == (
-        "<image>\nHint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end.\n"
+        "<image>Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end.\n"
         "Question: Find the angle BOC.\nChoices:\n(A) 135°\n(B) 140°\n(C) 145°\n(D) 150°"
     )
 
@@ -43,7 +43,7 @@ def test_mathvista_format_prompt_matches_lmms_eval(tiny_data):
     rows = load_task_data("mathvista_format", tiny_data.mathvista).rows
     task = TASKS["mathvista_format"]
     assert task.build_prompt(rows[2]) == (
-        "<image>\nFind the angle BOC.\nA. 135°\nB. 140°\nC. 145°\nD. 150°\n"
+        "<image>Find the angle BOC.\nA. 135°\nB. 140°\nC. 145°\nD. 150°\n"
         "Answer with the option's letter from the given choices directly."
     )
     assert task.prompt_text(rows[1]) == (

@@ -60,7 +60,7 @@ def test_batched_replies_equal_one_at_a_time(checkpoint_and_data):
     assistant = VLAssistant.from_pretrained(str(model), batch_size=4)
     rows = [json.loads(line) for line in (data / "docvqa.jsonl").read_text().splitlines()][:4]
     images = [[data / row["image"]] for row in rows]
-    prompts = [f"<image>\n{row['question']}" for row in rows]
+    prompts = [f"<image>{row['question']}" for row in rows]
     batched = assistant.generate(images, prompts, max_new_tokens=5)
     alone = [assistant.generate([img], [p], max_new_tokens=5)[0] for img, p in zip(images, prompts)]
     assert batched == alone

@@ -58,35 +58,39 @@ def test_held_out_documents_are_not_in_the_training_split():
     assert make_document(build.SEED, "test", 0, "receipt", "easy").doc_id in test
 
 
-def _easy_anls(kinds: set[str], at_least: int) -> float:
-    """Mean ANLS (lmms-eval's metric) of the bundled model on every held-out easy question about ``kinds``."""
+def _easy_scores(kinds: set[str], at_least: int) -> dict[str, float]:
+    """Mean ANLS (lmms-eval's DocVQA metric) and exact-match accuracy of the bundled model on every held-out easy
+    question about ``kinds``, asked as the eval runner, `zaya-vl ask` and the training rows put it: the image,
+    then the question."""
     rows = [row for row in _eval_rows("docvqa.jsonl") if "easy" in row["question_types"]
             and kinds & set(row["question_types"])]
     assert len(rows) >= at_least
     assistant = VLAssistant.from_pretrained(str(BUNDLE / "model"), batch_size=16)
     replies = assistant.generate([[BUNDLE / "eval" / row["image"]] for row in rows],
                                  [row["question"] + DOCVQA_PROMPT_SUFFIX for row in rows], max_new_tokens=24)
-    return sum(anls(reply, row["answers"]) for reply, row in zip(replies, rows)) / len(rows)
+    pairs = list(zip(replies, rows))
+    return {"anls": sum(anls(reply, row["answers"]) for reply, row in pairs) / len(rows),
+            "accuracy": sum(reply.strip() in row["answers"] for reply, row in pairs) / len(rows)}
+
+
+def test_it_meets_the_issue_bar_on_easy_receipts_and_forms():
+    """Issue 8's bar: ANLS >= 0.7. An untrained model of the same shape scores ~0 here, and an earlier bundled
+    model that had learnt the answer formats without reading scored 0.17 (see README)."""
+    assert _easy_scores({"receipt", "form"}, at_least=100)["anls"] >= 0.7
 
 
 @pytest.fixture(scope="module")
-def easy_field_anls() -> float:
-    return _easy_anls({"receipt", "form"}, at_least=100)
+def easy_chart_accuracy() -> float:
+    return _easy_scores({"chart"}, at_least=30)["accuracy"]
 
 
-def test_it_reads_held_out_easy_receipts_and_forms(easy_field_anls):
-    """An untrained model of the same shape scores ~0 here, and the earlier bundled model, which had learnt the
-    answer formats but did not read, scored 0.17 (see README): 0.45 needs values read off the page."""
-    assert easy_field_anls >= 0.45
+def test_it_reads_easy_charts(easy_chart_accuracy):
+    """Guessing scores ~0.2 (a label out of 3-5 for highest/lowest, a value out of 9): 0.45 needs the bars and
+    the printed labels and values read."""
+    assert easy_chart_accuracy >= 0.45
 
 
-def test_it_meets_the_issue_bar_on_easy_receipts_and_forms(easy_field_anls):
-    """Issue 8's bar, asked the way `zaya-vl ask` and the training rows put it (the image, then the question). The
-    eval runner's lmms-eval-style "<image>\\n" + question layout scores lower (see README)."""
-    assert easy_field_anls >= 0.7
-
-
-@pytest.mark.xfail(strict=True, reason="issue 8's chart bar (0.6) is not met: chart labels and values are off the "
-                   "token grid, so they get no cell targets (see README); strict, so this turns red when it is met")
-def test_it_meets_the_issue_bar_on_easy_charts():
-    assert _easy_anls({"chart"}, at_least=30) >= 0.6
+@pytest.mark.xfail(strict=True, reason="issue 8's chart bar (accuracy 0.6) is not met: highest/lowest are read, "
+                   "values mostly not (see README); strict, so this turns red when it is met")
+def test_it_meets_the_issue_bar_on_easy_charts(easy_chart_accuracy):
+    assert easy_chart_accuracy >= 0.6

@@ -1,4 +1,8 @@
-"""Bar charts (easy: value printed on each bar) and, in the hard tier, line charts read off gridlines.
+"""Bar charts: easy tier horizontal, on the token grid; hard tier vertical bars or lines read off gridlines.
+
+Easy: one bar per second grid row, its label and its value printed one character per 28 px cell
+(`Canvas.grid_text`, like the easy receipts and forms), the bar's length proportional to the value between
+them. Hard: vertical bars or a line over gridlines, labels under the axis, no values printed.
 
 Values are distinct multiples of 10 in 10..90, so "highest"/"lowest" have one answer and every value
 lies on a gridline.
@@ -20,7 +24,7 @@ AXIS_MAX = 100
 
 @dataclass(frozen=True)
 class Chart:
-    style: str  # "bar" | "line"
+    style: str  # "hbar" (easy tier, on the token grid) | "bar" | "line"
     title: str
     labels: tuple[str, ...]
     values: tuple[int, ...]
@@ -40,13 +44,13 @@ def sample(rng: random.Random, tier: str) -> Chart:
     labels = tuple(rng.sample(LABELS, n))
     values = tuple(10 * v for v in rng.sample(range(1, 10), n))
     if tier == "easy":
-        return Chart("bar", rng.choice(TITLES), labels, values, show_values=True)
+        return Chart("hbar", rng.choice(TITLES), labels, values, show_values=True)
     return Chart(rng.choice(("bar", "line")), rng.choice(TITLES), labels, values, show_values=False)
 
 
 def ask(chart: Chart, rng: random.Random) -> list[QA]:
     k = rng.randrange(len(chart.labels))
-    noun = "bar" if chart.style == "bar" else "point"
+    noun = "point" if chart.style == "line" else "bar"
     hi, lo = chart.highest, chart.lowest
     return [
         QA("highest", f"Which {noun} is the highest?", (chart.labels[hi],), box=f"label{hi}"),
@@ -63,6 +67,8 @@ def strings(chart: Chart) -> list[str]:
 
 
 def render(chart: Chart, c: Canvas) -> dict[str, Box]:
+    if chart.style == "hbar":
+        return _render_grid(chart, c)
     boxes: dict[str, Box] = {}
     margin = c.px(16)
     title_font = c.font(22, bold=True)
@@ -106,4 +112,27 @@ def render(chart: Chart, c: Canvas) -> dict[str, Box]:
 
     c.draw.line([(axis_left, top - c.px(4)), (axis_left, baseline)], fill=c.style.ink, width=max(1, c.px(2)))
     c.draw.line([(axis_left, baseline), (axis_right, baseline)], fill=c.style.ink, width=max(1, c.px(2)))
+    return boxes
+
+
+LABEL_CELLS, BAR_CELLS = 5, 5  # grid columns 0-4: the label; 5-9: the bar; 10-11: the value
+
+
+def _render_grid(chart: Chart, c: Canvas) -> dict[str, Box]:
+    """Easy tier: the title on row 0, bar k on grid row 2 + 2k with its label and value in grid cells."""
+    cell, boxes = c.cell(), {}
+    glyphs = c.font(22)
+    title_font = c.fit_font([chart.title], 22, c.width - 2 * c.px(8), bold=True)
+    c.text(c.width // 2 + c.ox, (cell - title_font.line_height) // 2 + 2 + c.oy, chart.title, title_font, "center")
+    axis = LABEL_CELLS * cell + c.ox + 1
+    first, last = 2, 2 + 2 * (len(chart.labels) - 1)
+    for k, (label, value) in enumerate(zip(chart.labels, chart.values)):
+        row = 2 + 2 * k
+        boxes[f"label{k}"] = c.grid_text(0, row, label, glyphs)
+        y = row * cell + c.oy
+        length = round((BAR_CELLS * cell - 2) * value / AXIS_MAX)
+        c.draw.rectangle([axis + 1, y + cell // 4, axis + length, y + cell - cell // 4 - 1], fill=c.style.ink)
+        boxes[f"value{k}"] = c.grid_text(LABEL_CELLS + BAR_CELLS, row, str(value), glyphs)
+    c.draw.line([(axis, first * cell + c.oy - c.px(4)), (axis, (last + 1) * cell + c.oy + c.px(4))],
+                fill=c.style.ink, width=max(1, c.px(2)))
     return boxes

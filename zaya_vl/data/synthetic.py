@@ -27,7 +27,7 @@ from .documents import KINDS, TIERS, Document, make_document, plan_split, render
 from .formats import atomic_write_bytes, ai2d_row, chat_row, docvqa_row, jsonl_bytes, png_bytes
 from .render import FONT_NAME, Box
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: easy-tier charts are horizontal bars on the token grid
 DEFAULT_IMAGE_SIZE = 336
 MIN_IMAGE_SIDE = 160  # below this the easy-tier text is no longer legible
 
