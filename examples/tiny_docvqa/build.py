@@ -69,10 +69,10 @@ READ_PROMPT = "Read the text."
 
 
 def _page_row(doc: dict, name: str, prompt: str, answer: str) -> dict:
-    return {"id": f"{doc['doc_id']}-{name}", "doc_id": doc["doc_id"], "kind": doc["kind"], "tier": doc["tier"],
-            "messages": [{"role": "user", "content": [{"type": "image", "image": doc["image"], "cells": doc["cells"]},
-                                                      {"type": "text", "text": prompt}]},
-                         {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+    from zaya_vl.data.formats import page_chat_row
+
+    return page_chat_row(f"{doc['doc_id']}-{name}", doc["doc_id"], doc["kind"], doc["tier"], doc["image"], prompt,
+                         answer, doc["cells"])
 
 
 def chart_steps(content: dict, rng: random.Random) -> list[tuple[str, str, str]]:

@@ -64,13 +64,20 @@ def ai2d_prompt(question: str, options: Iterable[str]) -> str:
 
 def chat_row(row_id: str, doc_id: str, kind: str, tier: str, image: str, qa: QA,
              cells: list[str] | None = None) -> dict:
-    """One trainer row. ``cells``, when the page has them, go on the image part: the glyph in each merged
-    image token's cell, one string per row, which the trainer's cell loss reads (see training/README)."""
+    """One trainer row asking `qa` as the eval asks it."""
+    return page_chat_row(row_id, doc_id, kind, tier, image, qa.prompt, qa.target, cells)
+
+
+def page_chat_row(row_id: str, doc_id: str, kind: str, tier: str, image: str, prompt: str, target: str,
+                  cells: list[str] | None = None) -> dict:
+    """One trainer row: a page, a prompt, the reply. ``cells``, when the page has them, go on the image part: the
+    glyph in each merged image token's cell, one string per row, which the trainer's cell loss reads (see
+    training/README)."""
     image_part = {"type": "image", "image": image}
     if cells is not None:
         image_part["cells"] = cells
-    user = [image_part, {"type": "text", "text": qa.prompt}]
-    assistant = [{"type": "text", "text": qa.target}]
+    user = [image_part, {"type": "text", "text": prompt}]
+    assistant = [{"type": "text", "text": target}]
     return {"id": row_id, "doc_id": doc_id, "kind": kind, "tier": tier,
             "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
 
