@@ -24,6 +24,7 @@ import json
 import random
 from pathlib import Path
 
+from zaya_vl.data.formats import page_chat_row
 from zaya_vl.data.render import Canvas, sample_style
 
 DRILLS = ("random6", "repeat6", "row12", "page")
@@ -54,10 +55,9 @@ def build(drill: str, out: Path, count: int, seed: int) -> None:
             canvas, answer = draw(drill, rng)
             image = f"images/{drill}-{index:05d}.png"
             canvas.finish().save(out / image)
-            rows.write(json.dumps({"id": f"{drill}-{index}", "messages": [
-                {"role": "user", "content": [{"type": "image", "image": image, "cells": canvas.cell_rows()},
-                                             {"type": "text", "text": "Read the text."}]},
-                {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}) + "\n")
+            row_id = f"{drill}-{index}"
+            row = page_chat_row(row_id, row_id, drill, "easy", image, "Read the text.", answer, canvas.cell_rows())
+            rows.write(json.dumps(row) + "\n")
 
 
 def main() -> None:
