@@ -55,6 +55,12 @@ class ZayaCache:
                            device=self.device)
 
     # -- what generate() and callers ask ----------------------------------------------------------------
+    @property
+    def is_linear(self) -> list[bool]:
+        # transformers asks this to decide how to slice prompts; a CCA layer holds full K/V (plus a conv
+        # state), which transformers counts as not linear, like its mixed attention + conv layers.
+        return [False] * self.num_layers
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seq_length
 

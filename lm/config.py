@@ -34,7 +34,7 @@ class ZayaLMConfig(PreTrainedConfig):
     """
 
     model_type = "zaya"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
 
     vocab_size: int = 262272
     hidden_size: int = 2048

@@ -39,7 +39,7 @@ class ZayaGenerationMixin(GenerationMixin):
         if labels is None or return_logits:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = few_rows.linear(hidden[:, keep], self.lm_head.weight, self.lm_head.bias)
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
         if "routings" in outputs:
             result["routings"] = outputs["routings"]
         return result
@@ -47,10 +47,10 @@ class ZayaGenerationMixin(GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length, *args, **kwargs) -> None:
         # Our own compressed cache, preallocated to the generation's max length, replaces DynamicCache.
-        if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
+        if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
             return
         copies = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
-        model_kwargs["past_key_values"] = ZayaCache(
+        model_kwargs["cache"] = ZayaCache(
             self.config.get_text_config(), batch_size * copies, max_length=max_cache_length, dtype=self.dtype,
             device=self.device)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from zaya_vl.lm.attention import ZayaAttention
@@ -67,7 +68,7 @@ class ZayaPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ZayaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = False
@@ -130,12 +131,13 @@ class ZayaLMModel(ZayaPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: ZayaCache | None = None,
+        cache: ZayaCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         image_mask: torch.Tensor | None = None,
@@ -155,7 +157,7 @@ class ZayaLMModel(ZayaPreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.training and self.gradient_checkpointing:
             use_cache = False
-        cache = past_key_values if use_cache or past_key_values is not None else None
+        cache = cache if use_cache or cache is not None else None
         if use_cache and cache is None:
             cache = ZayaCache(self.config, batch, dtype=inputs_embeds.dtype, device=inputs_embeds.device)
         if segment_ids is not None and cache is not None and cache.get_seq_length() > 0:
@@ -179,7 +181,7 @@ class ZayaLMModel(ZayaPreTrainedModel):
             cache.advance(seq)
             cache.last_token_image = image_mask[:, -1].bool() if image_mask is not None else None
         hidden = self.norm(residual.to(self.norm.weight.dtype))
-        out = BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
+        out = BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache)
         if output_router_logits:
             out["routings"] = [ctx.routings[i] for i in sorted(ctx.routings)]
         return out
@@ -265,12 +267,13 @@ class ZayaLM(ZayaPreTrainedModel, ZayaGenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: ZayaCache | None = None,
+        cache: ZayaCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -285,7 +288,7 @@ class ZayaLM(ZayaPreTrainedModel, ZayaGenerationMixin):
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
             image_mask=image_mask, image_attention=image_attention, segment_ids=segment_ids,
             output_router_logits=output_router_logits,
         )

@@ -39,7 +39,7 @@ class ZayaVLConfig(PreTrainedConfig):
 
     model_type = "zaya_vl"
     sub_configs = {"text_config": ZayaLMConfig, "vision_config": Qwen2_5_VLVisionConfig}
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
 
     text_config: Any = None
     vision_config: Any = None

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
@@ -36,7 +37,7 @@ class ZayaVLPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     base_model_prefix = ""
     supports_gradient_checkpointing = True
     _no_split_modules = ["ZayaDecoderLayer", "Qwen2_5_VLVisionBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_flex_attn = True
     _keep_in_fp32_modules_strict = [r"mlp\.gate\."]  # a regex: the router, not vision mlp.gate_proj
@@ -105,12 +106,13 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
         return F.cross_entropy(logits, cell_labels[keep])
 
     # -- forward ---------------------------------------------------------------------------------------
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: ZayaCache | None = None,
+        cache: ZayaCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
@@ -134,14 +136,14 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
         if input_ids is not None:
             image_mask = input_ids == self.config.image_token_id
             inputs_embeds = self.model.embed_tokens(input_ids)
-            starting = past_key_values is None or past_key_values.get_seq_length() == 0
+            starting = cache is None or cache.get_seq_length() == 0
             if pixel_values is None and starting and bool(image_mask.any()):
                 raise ValueError(f"The input has {int(image_mask.sum())} image tokens but no pixel_values.")
         if image_mask is not None:
             inputs_embeds = self._merge_images(input_ids, inputs_embeds, pixel_values, image_grid_thw, image_mask)
         outputs = self.model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=use_cache, image_mask=image_mask,
+            cache=cache, use_cache=use_cache, image_mask=image_mask,
             image_attention=self.config.image_attention, segment_ids=segment_ids,
             output_router_logits=output_router_logits,
         )

@@ -44,9 +44,9 @@ def test_cached_step_by_step_decode_equals_full_forward(model_pair):
     prefix = 6
     out = ours(input_ids[:, :prefix], use_cache=True)
     step_logits = [out.logits]
-    cache = out.past_key_values
+    cache = out.cache
     for t in range(prefix, input_ids.shape[1]):
-        out = ours(input_ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+        out = ours(input_ids[:, t:t + 1], cache=cache, use_cache=True)
         step_logits.append(out.logits)
     torch.testing.assert_close(torch.cat(step_logits, dim=1), full, atol=ATOL, rtol=0)
     assert cache.get_seq_length() == input_ids.shape[1]

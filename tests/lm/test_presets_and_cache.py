@@ -47,7 +47,7 @@ def test_generate_preallocates_the_cache_and_never_grows_it(monkeypatch):
     original = ZayaLM.forward
 
     def spy(self, *args, **kwargs):
-        captured["cache"] = kwargs.get("past_key_values")
+        captured["cache"] = kwargs.get("cache")
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ZayaLM, "forward", spy)
@@ -64,6 +64,20 @@ def test_an_unsized_cache_grows_and_keeps_its_contents():
     input_ids = torch.randint(3, 160, (1, 40))
     full = model(input_ids, use_cache=False).logits
     cache = ZayaCache(model.config, batch_size=1, max_length=3)
-    steps = [model(input_ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits for t in range(40)]
+    steps = [model(input_ids[:, t:t + 1], cache=cache, use_cache=True).logits for t in range(40)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
     assert cache.get_max_cache_shape() >= 40
+
+
+@torch.no_grad()
+def test_the_pre_5_24_past_key_values_argument_still_feeds_the_cache():
+    # transformers 5.24 renamed `past_key_values` to `cache`; code written for the old name keeps working.
+    model = randomize_(ZayaLM(tiny_lm_config()), seed=2).eval()
+    input_ids = torch.randint(3, 160, (1, 12))
+    full = model(input_ids, use_cache=False).logits
+    cache = ZayaCache(model.config, batch_size=1)
+    model(input_ids[:, :8], cache=cache, use_cache=True)
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        tail = model(input_ids[:, 8:], past_key_values=cache, use_cache=True)
+    assert tail.cache is cache and cache.get_seq_length() == 12
+    torch.testing.assert_close(tail.logits, full[:, 8:], atol=1e-4, rtol=0)

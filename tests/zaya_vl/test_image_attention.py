@@ -133,11 +133,11 @@ def test_prefill_chunks_may_not_split_an_image_span():
     first = model(inputs_embeds=embeds[:, :split], image_mask=image_mask[:, :split], use_cache=True)
     with pytest.raises(ValueError, match="image span continues from the cache"):
         model(inputs_embeds=embeds[:, split:], image_mask=image_mask[:, split:],
-              past_key_values=first.past_key_values, use_cache=True)
+              cache=first.cache, use_cache=True)
     # Splitting between the image and the text is fine and equals one forward.
     end = int(image_positions[-1]) + 1
     full = model(inputs_embeds=embeds, image_mask=image_mask, use_cache=False).logits
     head = model(inputs_embeds=embeds[:, :end], image_mask=image_mask[:, :end], use_cache=True)
     tail = model(inputs_embeds=embeds[:, end:], image_mask=image_mask[:, end:],
-                 past_key_values=head.past_key_values, use_cache=True)
+                 cache=head.cache, use_cache=True)
     torch.testing.assert_close(torch.cat([head.logits, tail.logits], dim=1), full, atol=1e-4, rtol=0)

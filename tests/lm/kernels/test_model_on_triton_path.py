@@ -21,10 +21,10 @@ def test_generate_on_triton_path_matches_torch_path(triton_backend, monkeypatch,
     def run(backend):
         monkeypatch.setenv("ZAYA_VL_KERNELS", backend)
         out = model(input_ids, image_mask=image_mask, use_cache=True)
-        cache, logits = out.past_key_values, [out.logits[:, -1]]
+        cache, logits = out.cache, [out.logits[:, -1]]
         for _ in range(3):  # greedy steps of one token per sequence
             next_ids = logits[-1].argmax(-1, keepdim=True)
-            out = model(next_ids, past_key_values=cache, use_cache=True)
+            out = model(next_ids, cache=cache, use_cache=True)
             logits.append(out.logits[:, -1])
         return torch.stack(logits, 1), out.logits
 
