@@ -157,7 +157,6 @@ class ZayaLMModel(ZayaPreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.training and self.gradient_checkpointing:
             use_cache = False
-        cache = cache if use_cache or cache is not None else None
         if use_cache and cache is None:
             cache = ZayaCache(self.config, batch, dtype=inputs_embeds.dtype, device=inputs_embeds.device)
         if segment_ids is not None and cache is not None and cache.get_seq_length() > 0:
