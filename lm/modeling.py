@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils.deprecation import deprecate_kwarg
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from zaya_vl.lm.attention import ZayaAttention
 from zaya_vl.lm.cache import ZayaCache
@@ -21,6 +20,7 @@ from zaya_vl.lm.layers import ResidualScaling, RMSNorm, RotaryEmbedding
 from zaya_vl.lm.generation import ZayaGenerationMixin
 from zaya_vl.lm.masks import build_attention_mask, image_span_ids_from_mask, to_block_mask
 from zaya_vl.lm.moe import Routing, ZayaMoE
+from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast, ZayaModelOutputWithPast
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
 
 
@@ -145,7 +145,7 @@ class ZayaLMModel(ZayaPreTrainedModel):
         segment_ids: torch.Tensor | None = None,
         output_router_logits: bool = False,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> ZayaModelOutputWithPast:
         """``image_mask`` (b, s) marks image tokens: the vision LoRA applies there, and with
         ``image_attention="bidirectional"`` each image's tokens see the whole image. ``segment_ids`` (b, s)
         numbers packed documents: attention, the CCA state and positions never cross a document boundary."""
@@ -180,10 +180,8 @@ class ZayaLMModel(ZayaPreTrainedModel):
             cache.advance(seq)
             cache.last_token_image = image_mask[:, -1].bool() if image_mask is not None else None
         hidden = self.norm(residual.to(self.norm.weight.dtype))
-        out = BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache)
-        if output_router_logits:
-            out["routings"] = [ctx.routings[i] for i in sorted(ctx.routings)]
-        return out
+        routings = [ctx.routings[i] for i in sorted(ctx.routings)] if output_router_logits else None
+        return ZayaModelOutputWithPast(last_hidden_state=hidden, cache=cache, routings=routings)
 
     @staticmethod
     def _default_positions(batch, seq, past, segment_ids, device) -> torch.Tensor:
@@ -284,7 +282,7 @@ class ZayaLM(ZayaPreTrainedModel, ZayaGenerationMixin):
         loss_chunk_size: int = 1024,
         return_logits: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> ZayaCausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,

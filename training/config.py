@@ -79,6 +79,7 @@ class TrainLoopConfig:
     tensorboard: bool = True
     cpu: bool = False                             # force CPU even where a GPU is present
     ddp_find_unused_parameters: Literal["auto", "true", "false"] = "auto"  # auto: true for VL models
+    fsdp: bool = False                            # shard params/grads/optimizer per decoder layer (torch FSDP2)
 
 
 @dataclass

@@ -150,9 +150,10 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
 
 
 def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str | Path,
-               with_lora: bool) -> Path | None:
+               with_lora: bool, full_state_dict: dict | None = None) -> Path | None:
     """Collective. ``save_pretrained`` the trained model (LoRA merged in) + tokenizer/processor, atomically:
-    written to ``.tmp-final`` and renamed, so ``final/`` is either absent or complete."""
+    written to ``.tmp-final`` and renamed, so ``final/`` is either absent or complete. ``full_state_dict``: the
+    gathered weights of a model the trainer sharded itself."""
     out_dir = Path(out_dir)
     temporary = out_dir.with_name(f".tmp-{out_dir.name}")
     unwrapped = accelerator.unwrap_model(model)
@@ -160,6 +161,8 @@ def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str 
         state_dict = None
         if accelerator.is_main_process:
             unwrapped = unwrapped.merge_and_unload()
+    elif full_state_dict is not None:
+        state_dict = full_state_dict
     else:
         state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:

@@ -30,7 +30,8 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
-from zaya_vl.training import balancing
+from zaya_vl.training import balancing, sharding
+from zaya_vl.training.cell_loss import cell_loss, count_cells
 from zaya_vl.training.checkpoint import (complete_checkpoints, latest_checkpoint, load_checkpoint,
                                          save_checkpoint, write_json_atomic)
 from zaya_vl.training.collate import collate_rows, count_targets
@@ -143,6 +144,7 @@ class Trainer:
                                   "it needs train.mixed_precision bf16 (autocast) so fp32 trainable weights mix")
             upcast_trainable_(model)
         self.with_lora = with_lora
+        self.fsdp = self._fsdp_enabled(with_lora)
 
         records, image_root = open_records(config.data)
         encoder = SampleEncoder(self.bundle.tokenizer, config.data, self.bundle.processor, image_root)
@@ -151,6 +153,8 @@ class Trainer:
             shuffle=config.data.shuffle, on_invalid=config.data.on_invalid,
             split_long_documents=config.data.split_long_documents, warn=self._warn)
 
+        if self.fsdp:  # before the optimizer exists: it holds the sharded parameters
+            model = sharding.fully_shard_model(model, self.accelerator.device)
         optimizer = build_optimizer(model, config.optim)
         scheduler = build_scheduler(optimizer, config.schedule, loop.max_steps)
 
@@ -164,7 +168,13 @@ class Trainer:
                 active_layers=self._trained_routers(model) if gains.enabled == "auto" else None)
 
         self._configure_deepspeed()
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        if self.fsdp:
+            # accelerate must not wrap the sharded model in DDP, nor save the optimizer's shards as one file: the
+            # trainer saves both with torch.distributed.checkpoint; accelerate keeps the scheduler and RNG states.
+            self.model, self.optimizer = model, optimizer
+            self.scheduler = self.accelerator.prepare(scheduler)
+        else:
+            self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.step = 0
         self.metrics: list[dict] = []
@@ -180,6 +190,23 @@ class Trainer:
             raise ConfigError(f"{self.output_dir} already has checkpoints (newest {existing[-1][1].name}); "
                               "pass --resume to continue that run, or choose another output_dir")
         return None
+
+    def _fsdp_enabled(self, with_lora: bool) -> bool:
+        if not self.config.train.fsdp:
+            return False
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ConfigError(f"train.fsdp shards the model in the trainer, but accelerate was launched with "
+                              f"{self.accelerator.distributed_type.value}: launch with a plain multi-process "
+                              "config (--multi_gpu), or set train.fsdp false to use accelerate's plugin")
+        if with_lora:
+            raise ConfigError("train.fsdp with lora: merging a sharded PEFT model for final/ is not supported; "
+                              "train LoRA without train.fsdp")
+        if self.accelerator.num_processes == 1:
+            self._info("train.fsdp: a single process holds the whole model, so nothing is sharded")
+            return False
+        return True
 
     def _configure_deepspeed(self) -> None:
         """DeepSpeed needs the micro-batch size (there is no prepared DataLoader to read it from) and does the
@@ -223,8 +250,12 @@ class Trainer:
         rows = [self.stream.next_row() for _ in range(per_process * self.accelerator.num_processes)]
         start = self.accelerator.process_index * per_process
         data = self.config.data
-        return collate_rows(rows[start:start + per_process], pad_token_id=self.bundle.tokenizer.pad_token_id,
-                            seq_len=data.seq_len, pad_to=data.pad_to, with_segments=data.packing)
+        batch = collate_rows(rows[start:start + per_process], pad_token_id=self.bundle.tokenizer.pad_token_id,
+                             seq_len=data.seq_len, pad_to=data.pad_to, with_segments=data.packing)
+        if self.fsdp and self.bundle.is_vl and "pixel_values" not in batch:
+            batch = sharding.add_placeholder_image(batch, self.bundle.model.config,
+                                                   self.bundle.tokenizer.pad_token_id)
+        return batch
 
     # -- state -------------------------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
@@ -236,12 +267,13 @@ class Trainer:
     def save(self) -> Path:
         extra = {BALANCING_STATE: self.controller.state_dict()} if self.controller is not None else {}
         path = save_checkpoint(self.accelerator, self.checkpoint_root, self.step, self._trainer_state(), extra,
-                               keep=self.config.train.keep_checkpoints)
+                               keep=self.config.train.keep_checkpoints,
+                               sharded=(self.model, self.optimizer) if self.fsdp else None)
         self._info(f"saved checkpoint {path}")
         return path
 
     def restore(self, path: Path) -> None:
-        state = load_checkpoint(self.accelerator, path)
+        state = load_checkpoint(self.accelerator, path, sharded=(self.model, self.optimizer) if self.fsdp else None)
         rows_now = self._trainer_state()["global_rows_per_step"]
         if state.get("global_rows_per_step", rows_now) != rows_now:
             self._warn(f"the checkpoint was written with {state['global_rows_per_step']} rows per step, this run "
@@ -284,38 +316,53 @@ class Trainer:
         started = time.perf_counter()
         micro_batches = [self._local_micro_batch() for _ in range(loop.grad_accum_steps)]
         device = accelerator.device
-        local_count = sum(count_targets(batch) for batch in micro_batches)
-        global_count = int(accelerator.reduce(torch.tensor(local_count, device=device), reduction="sum"))
+        weight = loop.cell_loss_weight
+        local_counts = [sum(count_targets(batch) for batch in micro_batches),
+                        sum(count_cells(batch.get("cell_labels")) for batch in micro_batches) if weight else 0]
+        global_count, global_cells = (int(n) for n in accelerator.reduce(torch.tensor(local_counts, device=device),
+                                                                          reduction="sum"))
         # accelerate divides by grad_accum_steps and DDP averages over processes; undo both so the gradient
         # is (sum of token losses over the global batch) / (global counted tokens).
         scale = accelerator.num_processes * loop.grad_accum_steps / max(global_count, 1)
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        cell_losses = []
+        cell_sum = torch.zeros((), dtype=torch.float64, device=device)
         loads = None
         for batch in micro_batches:
             batch = {key: value.to(device) for key, value in batch.items()}
-            if loop.cell_loss_weight == 0:
-                batch.pop("cell_labels", None)
+            cell_labels = batch.pop("cell_labels", None) if weight else None
+            batch.pop("cell_labels", None)
+            count = count_targets(batch)
+            # Sharded, the zero of a micro-batch without targets must come through the forward (the logits).
+            zero_from_logits = self.fsdp and count == 0
             with accelerator.accumulate(self.model):
-                out = self.model(**batch, output_router_logits=bool(self.routers),
-                                 loss_chunk_size=loop.loss_chunk_size, use_cache=False)
-                count = count_targets(batch)
+                with accelerator.autocast():  # the auxiliary loss too: it reads the model's head like the forward
+                    out = self.model(**batch, output_router_logits=bool(self.routers), return_logits=zero_from_logits,
+                                     loss_chunk_size=loop.loss_chunk_size, use_cache=False)
+                    cell = None
+                    if cell_labels is not None:
+                        image_mask = batch["input_ids"] == self.bundle.model.config.image_token_id
+                        cell = cell_loss(self._base_model(), out.image_hidden_states, image_mask, cell_labels,
+                                         reduction="sum")
                 lm_loss = batch_loss = out.loss * count
-                if "cell_loss" in out:  # weighted like `count` answer tokens, so micro-batches keep their shares
-                    cell_losses.append(float(out["cell_loss"]))
-                    batch_loss = lm_loss + loop.cell_loss_weight * out["cell_loss"] * count
+                if cell is not None:  # × scale below: weight × (sum of cell losses) / (global labelled cells)
+                    cell_sum += cell.detach().double()
+                    batch_loss = lm_loss + weight * cell * (max(global_count, 1) / max(global_cells, 1))
                 if self.routers:
                     layer_loads = balancing.expert_loads(out["routings"], batch["attention_mask"], len(self.routers))
                     loads = layer_loads if loads is None else loads + layer_loads
                 if batch_loss.grad_fn is None:  # no counted token here: a zero that still reaches every weight
-                    batch_loss = batch_loss + sum(p.sum() for p in self.trainable) * 0.0
+                    reach = out.logits.float().sum() if zero_from_logits else sum(p.sum() for p in self.trainable)
+                    batch_loss = batch_loss + reach * 0.0
                 accelerator.backward(batch_loss * scale)
                 loss_sum += lm_loss.detach().double()
         if not accelerator.sync_gradients:
             raise RuntimeError("gradient accumulation is out of step with accelerate (internal error)")
         max_norm = self.config.optim.grad_clip if self.config.optim.grad_clip is not None else math.inf
-        grad_norm = accelerator.clip_grad_norm_(self.trainable, max_norm)
+        if self.fsdp:
+            grad_norm = sharding.clip_grad_norm_(self.trainable, max_norm)
+        else:
+            grad_norm = accelerator.clip_grad_norm_(self.trainable, max_norm)
         self.optimizer.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
@@ -327,8 +374,8 @@ class Trainer:
                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                    "tokens": global_count, "data/epoch": self.stream.epoch,
                    "data/skipped": self.stream.total_skipped}
-        if cell_losses:
-            metrics["cell_loss"] = sum(cell_losses) / len(cell_losses)  # this process's micro-batches
+        if global_cells:
+            metrics["cell_loss"] = float(accelerator.reduce(cell_sum, reduction="sum")) / global_cells
         if loads is not None:
             loads = accelerator.reduce(loads.to(device), reduction="sum").cpu()
             metrics.update(balancing.load_metrics(loads))
@@ -337,6 +384,11 @@ class Trainer:
         seconds = time.perf_counter() - started
         metrics["tokens_per_second"] = global_count / seconds if seconds > 0 else 0.0
         return metrics
+
+    def _base_model(self) -> torch.nn.Module:
+        """The ZayaLM / ZayaVL itself: through accelerate's wrapper (DDP) and PEFT's."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def log(self, metrics: dict) -> None:
         self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
@@ -383,7 +435,8 @@ class Trainer:
 
         final_dir = None
         if loop.save_final:
-            final_dir = save_final(accelerator, self.model, self.bundle, self.output_dir / "final", self.with_lora)
+            final_dir = save_final(accelerator, self.model, self.bundle, self.output_dir / "final", self.with_lora,
+                                   full_state_dict=sharding.full_state_dict(self.model) if self.fsdp else None)
             self._info(f"saved the trained model to {final_dir}")
         accelerator.end_training()
         return TrainResult(self.output_dir, final_dir, self.step, self.resume_path, report.trainable_parameters,

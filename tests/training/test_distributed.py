@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from PIL import Image
 
 from zaya_vl.training import config_from_dict, train
 
@@ -24,21 +25,36 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def launch(config: dict, tmp_path: Path, name: str, *, num_processes: int = 2, script: list[str] | None = None,
+           timeout: int = 400, expect_rc: int = 0) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes N`` of ``-m zaya_vl.training CONFIG`` (or of ``script``)."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]  # this interpreter, not a script's shebang
+    config_file = tmp_path / f"{name}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"}  # no stray accelerate config
+    target = [*(script or ["-m", "zaya_vl.training"]), str(config_file)]
+    process = subprocess.run(
+        [*launcher, "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *target],
+        capture_output=True, text=True, timeout=timeout, env=env)
+    shutil.rmtree(tmp_path / "hf_home", ignore_errors=True)
+    assert process.returncode == expect_rc, process.stdout[-2000:] + process.stderr[-4000:]
+    return process
+
+
+def max_weight_diff(helpers, a: Path, b: Path) -> tuple[float, str]:
+    weights_a, weights_b = helpers.load_weights(a), helpers.load_weights(b)
+    assert weights_a.keys() == weights_b.keys()
+    worst = max(weights_a, key=lambda k: (weights_a[k] - weights_b[k]).abs().max().item())
+    return (weights_a[worst] - weights_b[worst]).abs().max().item(), worst
+
+
 def test_two_processes_match_one_process(helpers, assets, tmp_path):
-    accelerate = Path(sys.executable).with_name("accelerate")
-    launcher = [str(accelerate), "launch"] if accelerate.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
     balancing = {"kp": 0.5, "ki": 0.2}  # loads are all-reduced, so both processes steer the biases identically
     two = helpers.run_config(assets, tmp_path / "two", balancing=balancing,
                              train={"max_steps": STEPS, "micro_batch_size": 2, "grad_accum_steps": 2,
                                     "save_every": STEPS})
-    config_file = tmp_path / "two.yaml"
-    config_file.write_text(yaml.safe_dump(two))
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"}  # no stray accelerate config
-    process = subprocess.run(
-        [*launcher, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "zaya_vl.training", str(config_file)],
-        capture_output=True, text=True, timeout=400, env=env)
-    assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-4000:]
+    launch(two, tmp_path, "two")
     info = json.loads((tmp_path / "two" / "run_info.json").read_text())
     assert info["num_processes"] == 2
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints" / f"step-{STEPS:08d}").iterdir()
@@ -55,8 +71,7 @@ def test_two_processes_match_one_process(helpers, assets, tmp_path):
     assert tokens_two == tokens_one  # the same rows make up each global batch
     weights_two = helpers.load_weights(tmp_path / "two" / "final")
     weights_one = helpers.load_weights(tmp_path / "one" / "final")
-    worst = max(weights_one, key=lambda k: (weights_two[k] - weights_one[k]).abs().max().item())
-    diff = (weights_two[worst] - weights_one[worst]).abs().max().item()
+    diff, worst = max_weight_diff(helpers, tmp_path / "two" / "final", tmp_path / "one" / "final")
     loss_diff = max(abs(a - b) for a, b in zip(losses_two, losses_one))
     norms_two = [m["grad_norm"] for m in helpers.read_metrics(tmp_path / "two")]
     norms_one = [m["grad_norm"] for m in helpers.read_metrics(tmp_path / "one")]
@@ -73,4 +88,47 @@ def test_two_processes_match_one_process(helpers, assets, tmp_path):
     for k in weights_one:
         if k.endswith("balancing_biases"):
             torch.testing.assert_close(weights_two[k], weights_one[k], rtol=0, atol=1e-6)
-    shutil.rmtree(tmp_path / "hf_home", ignore_errors=True)
+
+
+# -- the VL model --------------------------------------------------------------------------------------------
+VL_STEPS = 3
+
+
+def vl_mix(vl_assets, helpers, tmp_path: Path) -> Path:
+    """Document questions, text-only chats (packed) and pages with cells (the cell loss), shuffled together."""
+    Image.new("RGB", (112, 112), "white").save(tmp_path / "page.png")
+    cells = [{"id": f"c{k}", "messages": [
+        {"role": "user", "content": [{"type": "image", "image": "page.png", "cells": ["ab  ", " 12 ", "    ", "x  y"]},
+                                     {"type": "text", "text": "Read the text."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "ab 12 x y"}]}]} for k in range(8)]
+    images = vl_assets["data"].parent
+    documents = json.loads(json.dumps(vl_assets["rows"]).replace('"images/', f'"{images}/images/'))
+    return helpers.write_jsonl(tmp_path / "mix.jsonl", documents + helpers.chat_rows(8) + cells)
+
+
+def vl_config(vl_assets, data: Path, output_dir: Path, **train_overrides) -> dict:
+    return {
+        "output_dir": str(output_dir), "stage": "sft", "seed": 0,
+        "model": {"path": str(vl_assets["model_dir"])},
+        "data": {"train": str(data), "seq_len": 128, "pad_to": "longest"},
+        "train": {"max_steps": VL_STEPS, "micro_batch_size": 1, "grad_accum_steps": 2, "progress": False,
+                  "tensorboard": False, **train_overrides},
+        "optim": {"lr": 3e-3}, "schedule": {"name": "constant", "warmup_steps": 0},
+        "balancing": {"kp": 0.5, "ki": 0.2}, "freeze": {"train": ["*"]},
+    }
+
+
+def test_vl_two_processes_match_one_process(helpers, vl_assets, tmp_path):
+    data = vl_mix(vl_assets, helpers, tmp_path)
+    launch(vl_config(vl_assets, data, tmp_path / "two"), tmp_path, "two")
+    train(config_from_dict(vl_config(vl_assets, data, tmp_path / "one", micro_batch_size=2)))
+    two, one = helpers.read_metrics(tmp_path / "two"), helpers.read_metrics(tmp_path / "one")
+    assert [m["tokens"] for m in two] == [m["tokens"] for m in one]
+    assert [("cell_loss" in m) for m in two] == [("cell_loss" in m) for m in one] and "cell_loss" in one[0]
+    loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(two, one))
+    cell_diff = max(abs(a["cell_loss"] - b["cell_loss"]) for a, b in zip(two, one) if "cell_loss" in b)
+    diff, worst = max_weight_diff(helpers, tmp_path / "two" / "final", tmp_path / "one" / "final")
+    print(f"VL, DDP 2 processes vs 1: max loss diff {loss_diff:.2e}, max cell-loss diff {cell_diff:.2e}, "
+          f"max weight diff {diff:.2e} ({worst})")
+    assert loss_diff < 1e-5 and cell_diff < 1e-5
+    assert diff < 1e-4
