@@ -24,6 +24,27 @@ from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast, ZayaModelOutputWithPa
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
 
 
+class RoutingStore:
+    """Layer index -> Routing, written by each layer during one forward. Deliberately not a dict: FSDP2 rebuilds
+    the dicts, lists and dataclasses in a sharded layer's arguments that hold tensors requiring grad, so a write
+    into a dict there would land in a copy and the router outputs of earlier layers would be lost."""
+
+    def __init__(self) -> None:
+        self._by_layer: dict[int, Routing] = {}
+
+    def __setitem__(self, layer: int, routing: Routing) -> None:
+        self._by_layer[layer] = routing
+
+    def __getitem__(self, layer: int) -> Routing:
+        return self._by_layer[layer]
+
+    def __iter__(self):
+        return iter(self._by_layer)
+
+    def __len__(self) -> int:
+        return len(self._by_layer)
+
+
 @dataclass
 class ForwardContext:
     """What every layer of one forward needs, computed once."""
@@ -37,7 +58,7 @@ class ForwardContext:
     delayed_keep: torch.Tensor | None = None      # (b, s) previous token is in the same document
     image_rows: torch.Tensor | None = None        # flat indices of image tokens (vision LoRA)
     image_token: torch.Tensor | None = None       # (b·s,) bool, the same as a mask (expert LoRA)
-    routings: dict = field(default_factory=dict)  # layer index -> Routing, when router outputs are requested
+    routings: RoutingStore = field(default_factory=RoutingStore)  # when router outputs are requested
     block_masks: dict = field(default_factory=dict)  # FlexAttention's form of attention_masks, for prefill
 
 

@@ -94,7 +94,15 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Collective: the whole model's state gathered on CPU (full tensors on the main process, empty elsewhere)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Tied weights (the LM head is the embedding) come back as separate copies; keep the first name only, as
+    # save_pretrained expects.
+    seen, aliases = {}, []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            aliases.append(name)
+        seen.setdefault(id(param), name)
+    return {name: tensor for name, tensor in state.items() if name not in aliases}
 
 
 def add_placeholder_image(batch: dict[str, torch.Tensor], config, pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -10,11 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from PIL import Image
 
-from zaya_vl.training import config_from_dict, train
+from zaya_vl.training import config_from_dict, latest_checkpoint, train
+
+DRIVER = Path(__file__).with_name("crash_driver.py")
 
 STEPS = 4
 
@@ -26,19 +29,20 @@ def _free_port() -> int:
 
 
 def launch(config: dict, tmp_path: Path, name: str, *, num_processes: int = 2, script: list[str] | None = None,
-           timeout: int = 400, expect_rc: int = 0) -> subprocess.CompletedProcess:
-    """``accelerate launch --multi_gpu --num_processes N`` of ``-m zaya_vl.training CONFIG`` (or of ``script``)."""
+           args: list[str] = (), timeout: int = 400, killed: bool = False) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes N`` of ``-m zaya_vl.training CONFIG ARGS`` (or of
+    ``script CONFIG ARGS``); ``killed``: a process is expected to die (the launcher then fails)."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch"]  # this interpreter, not a script's shebang
     config_file = tmp_path / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"}  # no stray accelerate config
-    target = [*(script or ["-m", "zaya_vl.training"]), str(config_file)]
+    target = [*(script or ["-m", "zaya_vl.training"]), str(config_file), *args]
     process = subprocess.run(
         [*launcher, "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision",
          "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *target],
         capture_output=True, text=True, timeout=timeout, env=env)
     shutil.rmtree(tmp_path / "hf_home", ignore_errors=True)
-    assert process.returncode == expect_rc, process.stdout[-2000:] + process.stderr[-4000:]
+    assert (process.returncode != 0) if killed else (process.returncode == 0), process.stderr[-4000:]
     return process
 
 
@@ -132,3 +136,70 @@ def test_vl_two_processes_match_one_process(helpers, vl_assets, tmp_path):
           f"max weight diff {diff:.2e} ({worst})")
     assert loss_diff < 1e-5 and cell_diff < 1e-5
     assert diff < 1e-4
+
+
+# -- FSDP2 (train.fsdp: the trainer shards each decoder layer and vision block, then the root) --------------------
+def test_vl_fsdp_two_processes_match_one_process(helpers, vl_assets, tmp_path):
+    data = vl_mix(vl_assets, helpers, tmp_path)
+    launch(vl_config(vl_assets, data, tmp_path / "two", fsdp=True, save_every=VL_STEPS), tmp_path, "two")
+    checkpoint = tmp_path / "two" / "checkpoints" / f"step-{VL_STEPS:08d}"
+    assert sorted(p.name for p in (checkpoint / "sharded").iterdir()) == [".metadata", "__0_0.distcp",
+                                                                         "__1_0.distcp"]
+    train(config_from_dict(vl_config(vl_assets, data, tmp_path / "one", micro_batch_size=2)))
+    two, one = helpers.read_metrics(tmp_path / "two"), helpers.read_metrics(tmp_path / "one")
+    assert [m["tokens"] for m in two] == [m["tokens"] for m in one]
+    loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(two, one))
+    norm_diff = max(abs(a["grad_norm"] - b["grad_norm"]) / b["grad_norm"] for a, b in zip(two, one))
+    diff, worst = max_weight_diff(helpers, tmp_path / "two" / "final", tmp_path / "one" / "final")
+    print(f"VL, FSDP2 2 processes vs 1: max loss diff {loss_diff:.2e}, grad-norm rel diff {norm_diff:.2e}, "
+          f"max weight diff {diff:.2e} ({worst})")
+    assert loss_diff < 1e-5 and norm_diff < 1e-5
+    assert diff < 1e-4
+
+
+@pytest.mark.slow
+def test_vl_fsdp_kill_and_resume_is_exact(helpers, vl_assets, tmp_path):
+    """Under 2 processes with FSDP2 (and gradient checkpointing): 4 steps straight == 2 steps, SIGKILL right after the
+    step-2 checkpoint, --resume. Every weight bit-identical, the same loss curve."""
+    data = vl_mix(vl_assets, helpers, tmp_path)
+    settings = {"max_steps": 4, "fsdp": True, "save_every": 2, "keep_checkpoints": 3}
+    straight = vl_config(vl_assets, data, tmp_path / "straight", **settings)
+    straight["model"]["gradient_checkpointing"] = True
+    launch(straight, tmp_path, "straight")
+    resumed = {**straight, "output_dir": str(tmp_path / "resumed")}
+    launch(resumed, tmp_path, "killed", script=[str(DRIVER)], args=["after_save", "2"], killed=True)
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step-00000002"
+    assert not (tmp_path / "resumed" / "final").exists()
+    launch(resumed, tmp_path, "resumed", args=["--resume"])
+    losses = [m["loss"] for m in helpers.read_metrics(tmp_path / "resumed")]
+    assert losses == [m["loss"] for m in helpers.read_metrics(tmp_path / "straight")] and len(losses) == 4
+    diff, worst = max_weight_diff(helpers, tmp_path / "resumed" / "final", tmp_path / "straight" / "final")
+    print(f"VL, FSDP2 2 processes: kill at step 2 + --resume vs straight: max weight diff {diff} ({worst})")
+    assert diff == 0.0
+
+
+@pytest.mark.slow
+def test_vl_fsdp_bf16_frozen_weights_checkpointing_chunked_loss(helpers, vl_assets, tmp_path):
+    """bf16 frozen weights (trainable ones fp32), bf16 autocast, gradient checkpointing and a chunked loss of 16
+    tokens under FSDP2 on 2 processes train like one process with the same settings."""
+    data = vl_mix(vl_assets, helpers, tmp_path)
+    runs = {}
+    for name, processes in (("two", 2), ("one", 1)):
+        config = vl_config(vl_assets, data, tmp_path / name, fsdp=True, mixed_precision="bf16", loss_chunk_size=16,
+                           micro_batch_size=2 // processes)
+        config["model"].update(dtype="bfloat16", gradient_checkpointing=True)
+        config["freeze"] = {"train": ["vision_tower.merger.*", "*.vision_adapters.*", "model.layers.*.self_attn.*"]}
+        config["stage"] = "align"
+        if processes == 2:
+            launch(config, tmp_path, name)
+        else:
+            train(config_from_dict(config))
+        runs[name] = helpers.read_metrics(tmp_path / name)
+    loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(runs["two"], runs["one"]))
+    diff, worst = max_weight_diff(helpers, tmp_path / "two" / "final", tmp_path / "one" / "final")
+    frozen = helpers.load_weights(tmp_path / "two" / "final")["model.layers.0.mlp.experts.gate_up_proj"]
+    print(f"VL, FSDP2 bf16 frozen + checkpointing + chunked loss, 2 processes vs 1: max loss diff {loss_diff:.2e}, "
+          f"max weight diff {diff:.2e} ({worst})")
+    assert frozen.dtype == torch.bfloat16
+    assert runs["one"][-1]["loss"] < runs["one"][0]["loss"]
+    assert loss_diff < 1e-3 and diff < 1e-3  # bf16 autocast: reduction order moves results by bf16 rounding
