@@ -27,8 +27,8 @@ def count_cells(cell_labels: torch.Tensor | None) -> int:
 
 def cell_loss(model: nn.Module, image_hidden_states: torch.Tensor, image_mask: torch.Tensor,
               cell_labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of the labelled image tokens' glyphs, their mean (or ``reduction="sum"``). ``model`` is the ZayaVL (its ``model.norm``,
-    ``lm_head`` and input embedding dtype are read), ``image_hidden_states`` one row per image token in the
+    """Cross-entropy of the labelled image tokens' glyphs, their mean (or ``reduction="sum"``). ``model`` is the
+    ZayaVL (its ``model.norm``, ``lm_head`` and input embedding dtype are read), ``image_hidden_states`` one row per image token in the
     order of ``image_mask`` (b, s), ``cell_labels`` (b, s). No labelled token: a zero that still reaches the
     image features' weights, as a real loss would."""
     labels = cell_labels[image_mask.bool()]

@@ -61,6 +61,7 @@ class DataConfig:
     split_long_documents: bool = False            # text-only samples longer than seq_len: cut into pieces
     on_invalid: Literal["error", "skip"] = "error"  # missing image / over-length sample: raise, or skip and count
     shuffle: bool = True
+    num_workers: int = 0                          # DataLoader workers encoding this process's rows ahead (0: inline)
 
 
 @dataclass

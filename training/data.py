@@ -195,6 +195,17 @@ class SampleEncoder:
             raise InvalidSample(where, "no_targets", "no token to train on (no assistant turn?)")
         return encoded
 
+    def has_images(self, record: dict, where: str = "record") -> bool:
+        """Whether ``record`` is a sample with images, without loading them (cheap; a malformed record answers
+        False and fails properly when encoded). The row stream gives such samples a row of their own."""
+        try:
+            if self._format(record, where) == "text":
+                return False
+            messages = record[self.config.messages_column]
+            return isinstance(messages, list) and bool(self._image_sources(record, messages, where))
+        except InvalidSample:
+            return False
+
     def _format(self, record: dict, where: str) -> str:
         columns = self.config.messages_column, self.config.text_column
         if self.config.format == "chat" or self.config.format == "auto" and record.get(columns[0]) is not None:

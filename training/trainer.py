@@ -22,6 +22,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ from zaya_vl.training.collate import collate_rows, count_targets
 from zaya_vl.training.config import ConfigError, RunConfig, save_config
 from zaya_vl.training.data import SampleEncoder, open_records
 from zaya_vl.training.freezing import apply_freezing
+from zaya_vl.training.loader import micro_batch_loader
 from zaya_vl.training.models import add_lora, build_model, save_final, upcast_trainable_
 from zaya_vl.training.packing import RowStream
 from zaya_vl.training.schedules import build_scheduler
@@ -151,7 +153,13 @@ class Trainer:
         self.stream = RowStream(
             records, encoder, seq_len=config.data.seq_len, packing=config.data.packing, seed=config.seed,
             shuffle=config.data.shuffle, on_invalid=config.data.on_invalid,
-            split_long_documents=config.data.split_long_documents, warn=self._warn)
+            split_long_documents=config.data.split_long_documents,
+            warn=logger.warning if self.accelerator.is_main_process else _quiet,
+            # VL: image samples are planned unencoded; each process decodes only the images of its own rows.
+            defer=encoder.has_images if self.bundle.is_vl else None)
+        self._batches = None  # this process's micro-batches, started at the first step (after any resume)
+        self.data_state = self.stream.state_dict()  # the stream's state after the last micro-batch trained on
+        self.late_skipped = 0  # image samples found invalid when their rows were encoded, all processes
 
         if self.fsdp:  # before the optimizer exists: it holds the sharded parameters
             model = sharding.fully_shard_model(model, self.accelerator.device)
@@ -244,22 +252,29 @@ class Trainer:
             logger.info(message)
 
     # -- data --------------------------------------------------------------------------------------------
-    def _local_micro_batch(self) -> dict[str, torch.Tensor]:
-        """Every process draws the same global micro-batch of rows and keeps its own slice."""
-        per_process = self.config.train.micro_batch_size
-        rows = [self.stream.next_row() for _ in range(per_process * self.accelerator.num_processes)]
-        start = self.accelerator.process_index * per_process
-        data = self.config.data
-        batch = collate_rows(rows[start:start + per_process], pad_token_id=self.bundle.tokenizer.pad_token_id,
-                             seq_len=data.seq_len, pad_to=data.pad_to, with_segments=data.packing)
+    def _local_micro_batch(self) -> tuple[dict[str, torch.Tensor], int]:
+        """This process's rows of the next global micro-batch (see ``loader.py``), and how many of its image
+        samples were skipped when encoded."""
+        if self._batches is None:
+            data = self.config.data
+            collate = partial(collate_rows, pad_token_id=self.bundle.tokenizer.pad_token_id, seq_len=data.seq_len,
+                              pad_to=data.pad_to, with_segments=data.packing)
+            self._batches = iter(micro_batch_loader(
+                self.stream, collate, rows_per_process=self.config.train.micro_batch_size,
+                process_index=self.accelerator.process_index, num_processes=self.accelerator.num_processes,
+                num_workers=data.num_workers))
+        item = next(self._batches)
+        self.data_state = item["state"]
+        batch = item["batch"]
         if self.fsdp and self.bundle.is_vl and "pixel_values" not in batch:
             batch = sharding.add_placeholder_image(batch, self.bundle.model.config,
                                                    self.bundle.tokenizer.pad_token_id)
-        return batch
+        return batch, sum(item["skipped"].values())
 
     # -- state -------------------------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
-        return {"data": self.stream.state_dict(), "num_processes": self.accelerator.num_processes,
+        return {"data": self.data_state, "late_skipped": self.late_skipped,
+                "num_processes": self.accelerator.num_processes,
                 "max_steps": self.config.train.max_steps,
                 "global_rows_per_step": self.config.train.micro_batch_size * self.config.train.grad_accum_steps
                 * self.accelerator.num_processes}
@@ -283,6 +298,7 @@ class Trainer:
                        "learning-rate schedule follows the new value from here on")
         self._apply_schedule()
         self.stream.load_state_dict(state["data"])
+        self.data_state, self.late_skipped = state["data"], int(state.get("late_skipped", 0))
         if self.controller is not None:
             balancing_file = path / BALANCING_STATE
             if balancing_file.is_file():
@@ -314,13 +330,16 @@ class Trainer:
     def train_step(self) -> dict:
         accelerator, loop = self.accelerator, self.config.train
         started = time.perf_counter()
-        micro_batches = [self._local_micro_batch() for _ in range(loop.grad_accum_steps)]
+        drawn = [self._local_micro_batch() for _ in range(loop.grad_accum_steps)]
+        micro_batches = [batch for batch, _ in drawn]
         device = accelerator.device
         weight = loop.cell_loss_weight
         local_counts = [sum(count_targets(batch) for batch in micro_batches),
-                        sum(count_cells(batch.get("cell_labels")) for batch in micro_batches) if weight else 0]
-        global_count, global_cells = (int(n) for n in accelerator.reduce(torch.tensor(local_counts, device=device),
-                                                                          reduction="sum"))
+                        sum(count_cells(batch.get("cell_labels")) for batch in micro_batches) if weight else 0,
+                        sum(skipped for _, skipped in drawn)]
+        global_count, global_cells, late_skipped = (
+            int(n) for n in accelerator.reduce(torch.tensor(local_counts, device=device), reduction="sum"))
+        self.late_skipped += late_skipped
         # accelerate divides by grad_accum_steps and DDP averages over processes; undo both so the gradient
         # is (sum of token losses over the global batch) / (global counted tokens).
         scale = accelerator.num_processes * loop.grad_accum_steps / max(global_count, 1)
@@ -372,8 +391,8 @@ class Trainer:
         total_loss = accelerator.reduce(loss_sum, reduction="sum")
         metrics = {"step": self.step, "loss": float(total_loss) / max(global_count, 1), "lr": lr,
                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                   "tokens": global_count, "data/epoch": self.stream.epoch,
-                   "data/skipped": self.stream.total_skipped}
+                   "tokens": global_count, "data/epoch": self.data_state["epoch"],
+                   "data/skipped": sum(self.data_state["skipped"].values()) + self.late_skipped}
         if global_cells:
             metrics["cell_loss"] = float(accelerator.reduce(cell_sum, reduction="sum")) / global_cells
         if loads is not None:
@@ -441,6 +460,10 @@ class Trainer:
         accelerator.end_training()
         return TrainResult(self.output_dir, final_dir, self.step, self.resume_path, report.trainable_parameters,
                            report.total_parameters, self.metrics)
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def _tensorboard_available() -> bool:

@@ -124,7 +124,9 @@ def vl_config(vl_assets, data: Path, output_dir: Path, **train_overrides) -> dic
 
 def test_vl_two_processes_match_one_process(helpers, vl_assets, tmp_path):
     data = vl_mix(vl_assets, helpers, tmp_path)
-    launch(vl_config(vl_assets, data, tmp_path / "two"), tmp_path, "two")
+    two = vl_config(vl_assets, data, tmp_path / "two")
+    two["data"]["num_workers"] = 2  # each process's rows encoded by its DataLoader workers
+    launch(two, tmp_path, "two")
     train(config_from_dict(vl_config(vl_assets, data, tmp_path / "one", micro_batch_size=2)))
     two, one = helpers.read_metrics(tmp_path / "two"), helpers.read_metrics(tmp_path / "one")
     assert [m["tokens"] for m in two] == [m["tokens"] for m in one]
