@@ -161,12 +161,13 @@ def test_vl_fsdp_two_processes_match_one_process(helpers, vl_assets, tmp_path):
 
 @pytest.mark.slow
 def test_vl_fsdp_kill_and_resume_is_exact(helpers, vl_assets, tmp_path):
-    """Under 2 processes with FSDP2 (and gradient checkpointing): 4 steps straight == 2 steps, SIGKILL right after the
-    step-2 checkpoint, --resume. Every weight bit-identical, the same loss curve."""
+    """Under 2 processes with FSDP2 (gradient checkpointing, DataLoader workers): 4 steps straight == 2 steps, SIGKILL
+    right after the step-2 checkpoint, --resume. Every weight bit-identical, the same loss curve."""
     data = vl_mix(vl_assets, helpers, tmp_path)
     settings = {"max_steps": 4, "fsdp": True, "save_every": 2, "keep_checkpoints": 3}
     straight = vl_config(vl_assets, data, tmp_path / "straight", **settings)
     straight["model"]["gradient_checkpointing"] = True
+    straight["data"]["num_workers"] = 2  # workers encode ahead: the checkpoint holds the state of the trained batch
     launch(straight, tmp_path, "straight")
     resumed = {**straight, "output_dir": str(tmp_path / "resumed")}
     launch(resumed, tmp_path, "killed", script=[str(DRIVER)], args=["after_save", "2"], killed=True)

@@ -46,3 +46,33 @@ def test_two_processes_encode_disjoint_images_and_make_up_one_process_batches(vl
             assert torch.equal(torch.cat(pixels), whole["batch"]["pixel_values"])
     assert images[0] and images[1] and not set(images[0]) & set(images[1])  # each image decoded by one process
     assert sorted(images[0] + images[1]) == sorted(one_images)
+
+
+def test_an_image_sample_invalid_when_encoded_leaves_its_row_empty_and_is_counted(vl_assets, tmp_path):
+    import json
+
+    import pytest
+
+    from zaya_vl.training import InvalidSample
+
+    rows = [json.loads(json.dumps(row)) for row in vl_assets["rows"][:4]]
+    rows[1] = json.loads(json.dumps(rows[1]).replace('"images/', '"gone/'))
+    images = vl_assets["data"].parent
+    data = tmp_path / "bad.jsonl"
+    data.write_text("".join(json.dumps(row).replace('"images/', f'"{images}/images/') + "\n" for row in rows))
+    config = DataConfig(train=str(data), seq_len=128, pad_to="longest")
+    records, root = open_records(config)
+    encoder = SampleEncoder(vl_assets["tokenizer"], config, vl_assets["processor"], root)
+    collate = partial(collate_rows, pad_token_id=0, seq_len=128, pad_to="longest")
+    for on_invalid in ("skip", "error"):
+        stream = RowStream(records, encoder, seq_len=128, shuffle=False, on_invalid=on_invalid,
+                           defer=encoder.has_images)
+        batches = iter(MicroBatches(stream, collate, rows_per_process=1, process_index=0, num_processes=1))
+        next(batches)
+        if on_invalid == "error":
+            with pytest.raises(InvalidSample, match=r"bad.jsonl:2 .*image"):
+                next(batches)
+            continue
+        empty = next(batches)
+        assert empty["skipped"] == {"image": 1} and int(empty["batch"]["attention_mask"].sum()) == 0
+        assert next(batches)["skipped"] == {}  # the rows after it stay where they were
