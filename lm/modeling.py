@@ -208,15 +208,16 @@ class ZayaLMModel(ZayaPreTrainedModel):
         chunk_padding = padding_mask[:, past:] if padding_mask is not None else None
         token_mask = chunk_padding if chunk_padding is not None and not bool(chunk_padding.all()) else None
 
-        if image_attention not in ("bidirectional", "causal"):
-            raise ValueError(f"image_attention={image_attention!r}; expected 'bidirectional' or 'causal'.")
+        if image_attention not in ("images", "bidirectional", "causal"):
+            raise ValueError(f"image_attention={image_attention!r}; expected 'images', 'bidirectional' or 'causal'.")
         span_ids = None
         image_rows = image_token = None
         if image_mask is not None and bool(image_mask.any()):
             image_token = image_mask.reshape(-1).bool()
             image_rows = image_token.nonzero().squeeze(1)
-            if image_attention == "bidirectional":
-                span_ids = image_span_ids_from_mask(image_mask)
+            if image_attention != "causal":
+                # "images": all of a row's image tokens form one span; "bidirectional": one span per image.
+                span_ids = image_mask.long() if image_attention == "images" else image_span_ids_from_mask(image_mask)
                 if past:
                     if cache.last_token_image is not None and bool((cache.last_token_image & image_mask[:, 0]).any()):
                         raise ValueError(
