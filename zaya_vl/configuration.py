@@ -15,15 +15,11 @@ from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVi
 from transformers.utils import logging
 
 from zaya_vl.lm.config import ZayaLMConfig
+from zaya_vl.lm.masks import IMAGE_ATTENTION_MODES
 
 logger = logging.get_logger(__name__)
 
-# How image tokens attend (text is always causal):
-# - "images": every image token of a sample sees every image token of that sample (all its images), as the
-#   upstream transformers port's eager attention does;
-# - "bidirectional": every image token sees every token of its own image only;
-# - "causal": plain causal attention, as Zyphra's reference code's eager and SDPA paths do.
-IMAGE_ATTENTION_MODES = ("images", "bidirectional", "causal")
+
 
 
 def _vision_config(value, where: str = "vision_config") -> Qwen2_5_VLVisionConfig:
@@ -42,7 +38,9 @@ class ZayaVLConfig(PreTrainedConfig):
     image_attention (`str`, defaults to `"images"`):
         How image tokens attend; text is always causal. `"images"`: every image token sees every image token of
         its sample (the upstream transformers port). `"bidirectional"`: every image token sees every token of its
-        own image. `"causal"`: plain causal attention (Zyphra's reference code, eager and SDPA).
+        own image. `"prefix"`: every token up to two past the last image token sees that whole prefix (Zyphra's
+        reference code with flash attention). `"causal"`: plain causal attention (Zyphra's reference code, eager
+        and SDPA).
     image_token_id / vision_start_token_id / vision_end_token_id (`int`):
         Ids of the image token (N per image) and of the tokens around each image's span.
     """
@@ -56,7 +54,7 @@ class ZayaVLConfig(PreTrainedConfig):
     image_token_id: int = 262144
     vision_start_token_id: int | None = 255999
     vision_end_token_id: int | None = 256000
-    image_attention: Literal["images", "bidirectional", "causal"] = "images"
+    image_attention: Literal["images", "bidirectional", "prefix", "causal"] = "images"
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
