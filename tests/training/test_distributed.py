@@ -107,7 +107,7 @@ def vl_mix(vl_assets, helpers, tmp_path: Path) -> Path:
         {"role": "assistant", "content": [{"type": "text", "text": "ab 12 x y"}]}]} for k in range(8)]
     images = vl_assets["data"].parent
     documents = json.loads(json.dumps(vl_assets["rows"]).replace('"images/', f'"{images}/images/'))
-    return helpers.write_jsonl(tmp_path / "mix.jsonl", documents + helpers.chat_rows(8) + cells)
+    return helpers.write_jsonl(tmp_path / "mix.jsonl", documents + helpers.chat_rows(24) + cells)
 
 
 def vl_config(vl_assets, data: Path, output_dir: Path, **train_overrides) -> dict:
@@ -130,7 +130,7 @@ def test_vl_two_processes_match_one_process(helpers, vl_assets, tmp_path):
     train(config_from_dict(vl_config(vl_assets, data, tmp_path / "one", micro_batch_size=2)))
     two, one = helpers.read_metrics(tmp_path / "two"), helpers.read_metrics(tmp_path / "one")
     assert [m["tokens"] for m in two] == [m["tokens"] for m in one]
-    assert [("cell_loss" in m) for m in two] == [("cell_loss" in m) for m in one] and "cell_loss" in one[0]
+    assert [("cell_loss" in m) for m in two] == [("cell_loss" in m) for m in one] and any("cell_loss" in m for m in one)
     loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(two, one))
     cell_diff = max(abs(a["cell_loss"] - b["cell_loss"]) for a, b in zip(two, one) if "cell_loss" in b)
     diff, worst = max_weight_diff(helpers, tmp_path / "two" / "final", tmp_path / "one" / "final")
@@ -141,13 +141,37 @@ def test_vl_two_processes_match_one_process(helpers, vl_assets, tmp_path):
 
 
 # -- FSDP2 (train.fsdp: the trainer shards each decoder layer and vision block, then the root) --------------------
+def _with_images(vl_assets, data: Path, process: int, micro_batches: int) -> list[bool]:
+    """Per micro-batch of ``process`` (of 2, one row each): does it have images?"""
+    from functools import partial
+
+    from zaya_vl.training import RowStream, SampleEncoder, collate_rows, open_records
+    from zaya_vl.training.config import DataConfig
+    from zaya_vl.training.loader import MicroBatches
+
+    config = DataConfig(train=str(data), seq_len=128, pad_to="longest", packing=False)
+    records, root = open_records(config)
+    encoder = SampleEncoder(vl_assets["tokenizer"], config, vl_assets["processor"], root)
+    stream = RowStream(records, encoder, seq_len=128, seed=0, packing=False, defer=encoder.has_images)
+    batches = iter(MicroBatches(stream, partial(collate_rows, pad_token_id=0, seq_len=128, pad_to="longest"),
+                                rows_per_process=1, process_index=process, num_processes=2))
+    return ["pixel_values" in next(batches)["batch"] for _ in range(micro_batches)]
+
+
 def test_vl_fsdp_two_processes_match_one_process(helpers, vl_assets, tmp_path):
     data = vl_mix(vl_assets, helpers, tmp_path)
-    launch(vl_config(vl_assets, data, tmp_path / "two", fsdp=True, save_every=VL_STEPS), tmp_path, "two")
+    # Covered: a micro-batch with images on one process and none on the other (the placeholder image's case).
+    images = [_with_images(vl_assets, data, p, 2 * VL_STEPS) for p in (0, 1)]
+    assert any(a != b for a, b in zip(*images)), images
+    two = vl_config(vl_assets, data, tmp_path / "two", fsdp=True, save_every=VL_STEPS)
+    one = vl_config(vl_assets, data, tmp_path / "one", micro_batch_size=2)
+    for config in (two, one):
+        config["data"]["packing"] = False  # text-only rows of their own, so some micro-batches have no image
+    launch(two, tmp_path, "two")
     checkpoint = tmp_path / "two" / "checkpoints" / f"step-{VL_STEPS:08d}"
     assert sorted(p.name for p in (checkpoint / "sharded").iterdir()) == [".metadata", "__0_0.distcp",
                                                                          "__1_0.distcp"]
-    train(config_from_dict(vl_config(vl_assets, data, tmp_path / "one", micro_batch_size=2)))
+    train(config_from_dict(one))
     two, one = helpers.read_metrics(tmp_path / "two"), helpers.read_metrics(tmp_path / "one")
     assert [m["tokens"] for m in two] == [m["tokens"] for m in one]
     loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(two, one))
