@@ -49,10 +49,12 @@ class DataConfig:
     train: str = ""
     split: str = "train"
     dataset_config: str | None = None             # the `name` argument of datasets.load_dataset
-    format: Literal["auto", "chat", "text"] = "auto"
+    format: Literal["auto", "chat", "sharegpt", "text"] = "auto"  # auto: by the columns a row has
     text_column: str = "text"
-    messages_column: str = "messages"
-    images_column: str = "images"                 # images for content parts that carry none themselves
+    messages_column: str = "messages"             # chat rows: [{"role", "content"}] (LLaMA-Factory/ms-swift too)
+    conversations_column: str = "conversations"   # sharegpt rows: [{"from": "human"/"gpt"/"system", "value"}]
+    system_column: str = "system"                 # a row's system prompt, if it has this column ("" : none)
+    images_column: str = "images"                 # the images of `<image>` placeholders / image parts w/o source
     image_root: str | None = None                 # relative image paths resolve here; default: the JSONL's folder
     seq_len: int = 2048                           # tokens per row; a longer sample is invalid (see below)
     packing: bool = True                          # pack text-only samples into rows; image samples get a row each

@@ -287,5 +287,5 @@ def _load_preprocessor(path: str, kind: str):
         return None
 
 
-__all__ = ["ADAPTER_DIR", "ModelBundle", "add_lora", "save_adapter", "build_model", "merge_adapter", "model_kind", "save_final",
-           "upcast_trainable_"]
+__all__ = ["ADAPTER_DIR", "ModelBundle", "add_lora", "build_model", "merge_adapter", "model_kind", "save_adapter",
+           "save_final", "upcast_trainable_"]
