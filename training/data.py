@@ -1,13 +1,16 @@
 """Training records and how one becomes token ids + labels.
 
-Records come from a JSONL file (read lazily by line offset, so a large file is not held in memory), a folder
-written by ``datasets.Dataset.save_to_disk``, or a dataset name for ``datasets.load_dataset``. A record is
+Records come from a JSONL file (read lazily by line offset, so a large file is not held in memory), a ``.json``
+file holding an array of rows, a parquet / arrow / csv file, a folder written by ``datasets.Dataset.save_to_disk``,
+a folder of data files, or a dataset name (the last two through ``datasets.load_dataset``). A record is
 
 - **chat**: ``{"messages": [{"role": "user", "content": [{"type": "image", "image": "images/a.png"},
   {"type": "text", "text": "What is the total?"}]}, {"role": "assistant", "content": "$12.40"}]}``.
   Content is a string or a list of parts. An image part names its image in ``image`` (a path relative to
   the JSONL's folder or ``data.image_root``, an absolute path, a ``data:`` URI, bytes, a PIL image, a
   ``{"bytes", "path"}`` dict); a part without one takes the next entry of the record's ``images`` column.
+  LLaMA-Factory / ms-swift rows (``"content": "<image>What is the total?"`` + ``"images": [...]``) and sharegpt
+  rows (``conversations`` with ``from`` / ``value``) work too: see ``conversation.py`` for the rules.
   The loss covers the assistant turns (the chat template's ``{% generation %}`` blocks), or every token
   with ``loss_on: all``; image tokens never carry loss.
 - **text**: ``{"text": "..."}`` for pretraining: ``<bos> text <eos>``, loss on every token.
@@ -16,10 +19,13 @@ Text-only samples need only the tokenizer. Samples with images go through the pr
 ``<image>`` placeholder into ``<start_of_image>`` + N × ``<image_soft_token>`` + ``<end_of_image>``; the
 assistant mask is computed on the template's unexpanded ids and carried across the expansion.
 
-A sample that cannot be used raises :class:`InvalidSample` naming the record (file and line, and its ``id``)
-and the reason: an image that does not load, a sample longer than ``seq_len`` (never truncated: that could
-cut an image span or the answer), no token to train on. The row stream raises it or, with
-``on_invalid: skip``, skips the sample and counts it.
+A sample that cannot be used raises :class:`InvalidSample` naming the record (file and line or row index, and its
+``id``) and the reason (``InvalidSample.reason``): ``image`` (does not load, or the processor refuses it, e.g. an
+extreme aspect ratio), ``image_count`` (placeholders and images differ in number), ``image_token`` (an expanded-image
+token typed in text), ``unsupported`` (a video part or column), ``malformed`` (not UTF-8 / JSON, an unknown role,
+null content), ``overlength`` (never truncated: that could cut an image span or the answer), ``no_targets``. The
+row stream raises it or, with ``on_invalid: skip``, skips the sample and counts it once. ``SampleEncoder`` is a
+function of one record, so it runs in ``DataLoader`` workers.
 """
 
 from __future__ import annotations
