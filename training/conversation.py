@@ -9,9 +9,10 @@ Accepted, per row (a JSONL line or a ``datasets`` row):
 - **sharegpt**: ``"conversations": [{"from": "human", "value": "<image>..."}, {"from": "gpt", "value": "..."}]``,
   roles ``human`` / ``gpt`` / ``system``, with an optional top-level ``system`` column and an ``images`` column.
 
-``<image>`` (the processor's placeholder) in any text is an image: it is where the next image of the row's
-``images`` column goes, exactly as LLaMA-Factory, ms-swift and sharegpt data mean it. It is never trained as
-literal text (the tokenizer would read it as the placeholder token anyway). Placeholders and image parts without a
+``<image>`` in any text is an image: it is where the next image of the row's ``images`` column goes, exactly as
+LLaMA-Factory, ms-swift and sharegpt data mean it, whatever the model's processor writes for an image (the chat
+template renders each image part its own way). It is never trained as literal text (a tokenizer with an
+``<image>`` token would read it as the image placeholder anyway). Placeholders and image parts without a
 source take the column's images in order of appearance, and their number must equal the column's length: a
 mismatch either way is an :class:`InvalidSample` (reason ``image_count``), so no image is ever dropped silently.
 

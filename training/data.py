@@ -43,6 +43,7 @@ from zaya_vl.training.config import DataConfig
 from zaya_vl.training.conversation import read_conversation, text_reserved
 
 IGNORE_INDEX = -100
+TEXT_IMAGE_MARKER = IMAGE_PLACEHOLDER  # "<image>" in a row's text: where the row's next image goes
 
 
 class DataError(ValueError):
@@ -243,13 +244,18 @@ class SampleEncoder:
         self._glyph_ids: dict[str, int] = {}
         # A VL checkpoint may keep its chat template on the processor rather than on the tokenizer.
         self.chat_template = getattr(tokenizer, "chat_template", None) or getattr(processor, "chat_template", None)
+        # What the chat template writes for an image part and the processor expands (``<image>`` for processors this
+        # package saves; the image token itself, e.g. ``<image_soft_token>``, for the reference "repeat" processors).
         self.placeholder = getattr(processor, "image_placeholder", None) or IMAGE_PLACEHOLDER
         self.placeholder_id = _token_id(tokenizer, self.placeholder)
         span = tuple(getattr(processor, attribute, None) or default for attribute, default in (
             ("image_token", IMAGE_TOKEN), ("vision_start_token", VISION_START_TOKEN),
             ("vision_end_token", VISION_END_TOKEN)))
-        # The expanded-image tokens: typed in text they would fake an image span, so text may not hold them.
-        self.reserved_tokens = tuple(token for token in span if _token_id(tokenizer, token) is not None)
+        # Typed in text, the model's image tokens would fake an image, so text may not hold them; ``<image>`` in text
+        # is the data's image marker (LLaMA-Factory, ms-swift, sharegpt), whatever the processor's placeholder is.
+        self.reserved_tokens = tuple(dict.fromkeys(
+            token for token in (*span, self.placeholder)
+            if token != TEXT_IMAGE_MARKER and _token_id(tokenizer, token) is not None))
         self.image_token_ids = {i for i in (
             getattr(processor, "image_token_id", None), *(_token_id(tokenizer, token) for token in span),
             self.placeholder_id) if i is not None}
@@ -289,7 +295,7 @@ class SampleEncoder:
         text = record[self.config.text_column]
         if not isinstance(text, str):
             raise InvalidSample(where, "malformed", f"{self.config.text_column!r} must be a string")
-        token = text_reserved(text, (self.placeholder, *self.reserved_tokens))
+        token = text_reserved(text, (TEXT_IMAGE_MARKER, *self.reserved_tokens))
         if token is not None:
             raise InvalidSample(where, "image_token", f"the text holds {token!r}, an image token; text rows carry "
                                 "no images (write image rows as chat rows with an images column)")
@@ -306,7 +312,7 @@ class SampleEncoder:
 
         conversation = read_conversation(
             record, column=column, images_column=self.config.images_column,
-            system_column=self.config.system_column or None, placeholder=self.placeholder,
+            system_column=self.config.system_column or None, placeholder=TEXT_IMAGE_MARKER,
             reserved_tokens=self.reserved_tokens, invalid=invalid)
         messages = conversation.messages
         sources = [(self._resolve(source), _image_name(source, k)) for k, source in enumerate(conversation.images)]
@@ -333,6 +339,20 @@ class SampleEncoder:
             labels = list(ids)
         labels = [IGNORE_INDEX if token in self.image_token_ids else label for token, label in zip(ids, labels)]
         return Encoded(ids, labels, where, pixel_values, image_grid_thw, cell_labels)
+
+    def _expansions(self, image_grid_thw: torch.Tensor) -> list[list[int]]:
+        """The tokens each image's placeholder becomes: N = t·h·w / merge² image tokens, inside
+        ``<start_of_image>`` … ``<end_of_image>`` with the processor's ``span`` expansion (``repeat``: bare)."""
+        processor = self.processor
+        merge = processor.image_processor.merge_size
+        span = getattr(processor, "image_expansion", "span") == "span"
+        out = []
+        for t, h, w in image_grid_thw.tolist():
+            tokens = [processor.image_token_id] * (t * h * w // merge**2)
+            if span:
+                tokens = [processor.vision_start_token_id, *tokens, processor.vision_end_token_id]
+            out.append(tokens)
+        return out
 
     def _cell_labels(self, ids: list[int], image_grid_thw: torch.Tensor, cells: list[list[str] | None],
                      names: list[str], where: str) -> list[int]:
@@ -389,28 +409,24 @@ class SampleEncoder:
             sizes = ", ".join(f"{name} ({image.width}x{image.height})" for (_, name), image in zip(sources, images))
             raise InvalidSample(where, "image", f"the processor refused the image(s) {sizes}: {error}") from None
         expanded = processed["input_ids"][0].tolist()
-        span_end_id = _token_id(self.tokenizer, getattr(self.processor, "vision_end_token", VISION_END_TOKEN))
-        expanded_mask = _carry_mask(ids, mask, expanded, self.placeholder_id, self.image_token_ids, where,
-                                    span_end_id)
+        expansions = self._expansions(processed["image_grid_thw"])
+        expanded_mask = _carry_mask(ids, mask, expanded, self.placeholder_id, expansions, where)
         return expanded, expanded_mask, processed["pixel_values"], processed["image_grid_thw"]
 
 
 def _carry_mask(ids: list[int], mask: list[int], expanded: list[int], placeholder_id: int | None,
-                image_token_ids: set[int], where: str, span_end_id: int | None = None) -> list[int]:
-    """The assistant mask of the template's ids, carried onto the processor's ids, in which each placeholder
-    became a run of image tokens, ending with ``span_end_id`` (so adjacent images are told apart). Anything else
-    that differs is an error (a tokenizer/processor mismatch)."""
-    out, j = [], 0
+                expansions: list[list[int]], where: str) -> list[int]:
+    """The assistant mask of the template's ids, carried onto the processor's ids, in which the k-th placeholder
+    became ``expansions[k]``. Anything else that differs is an error (a tokenizer/processor mismatch)."""
+    out, j, k = [], 0, 0
     for token, keep in zip(ids, mask):
         if token == placeholder_id:
-            start = j
-            while j < len(expanded) and expanded[j] in image_token_ids:
-                j += 1
-                if expanded[j - 1] == span_end_id:
-                    break
-            if j == start:
-                raise DataError(f"{where}: the processor did not expand the image placeholder at token {len(out)}")
-            out.extend([0] * (j - start))
+            expansion = expansions[k] if k < len(expansions) else None
+            if expansion is None or expanded[j:j + len(expansion)] != expansion:
+                raise DataError(f"{where}: the processor did not expand image placeholder {k} (token {len(out)}) "
+                                "into that image's tokens")
+            out.extend([0] * len(expansion))
+            j, k = j + len(expansion), k + 1
             continue
         if j >= len(expanded) or expanded[j] != token:
             raise DataError(f"{where}: the processor's token ids differ from the chat template's at token "

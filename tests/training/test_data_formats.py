@@ -238,3 +238,30 @@ def test_llamafactory_rows_train_the_vision_path(vl_assets, tmp_path):
     after = ZayaVL.from_pretrained(result.final_dir).state_dict()
     merger = [n for n in before if n.startswith("vision_tower.merger.")]
     assert merger and all(not torch.equal(before[n], after[n]) for n in merger)
+
+
+@pytest.mark.parametrize("variant", ["gemma", "plain"])
+def test_llamafactory_rows_with_the_reference_processor_match_the_ports_ids(variant, tmp_path):
+    """A checkpoint's own processor ("repeat" expansion: the image token itself is the placeholder, the Gemma-style
+    template writes <start_of_image>/<end_of_image> around it) and two adjacent-turn images: the encoded ids are
+    the upstream port's ids for the same conversation (tests/fixtures/port_zaya1_vl, written by the port)."""
+    from pathlib import Path
+
+    from zaya_vl.processing import ZayaVLProcessor
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "port_zaya1_vl" / "processor"
+    processor = ZayaVLProcessor.from_pretrained(fixtures / variant)
+    assert processor.image_expansion == "repeat"
+    expected = json.loads((fixtures / variant / "expected.json").read_text())
+    chat = next(c for c in expected["chat_template"] if len(c["images"]) == 2)
+    row = {"messages": [{"role": "system", "content": "Answer briefly."},
+                        {"role": "user", "content": "Compare<image>and<image>"},
+                        {"role": "assistant", "content": "The first is higher."},
+                        {"role": "user", "content": "Why?"}],
+           "images": [str(fixtures / "images" / name) for name in chat["images"]]}
+    # The port's template has no {% generation %} blocks, so train on every token here.
+    encoded, = _encode_all(processor.tokenizer, processor, _write(tmp_path / "lf.jsonl", [row]), loss_on="all")
+    reference = chat["input_ids_add_special_tokens_false"][0]
+    prompt = processor.tokenizer("<start_of_turn>model\n", add_special_tokens=False)["input_ids"]
+    assert encoded.input_ids + prompt == reference  # the fixture was rendered with add_generation_prompt
+    assert encoded.image_grid_thw.shape[0] == 2
