@@ -106,6 +106,7 @@ def test_expert_lora_trains_saves_the_adapter_and_merges(helpers, assets, tmp_pa
     ids = torch.randint(4, base.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         on_the_fly, folded, plain = adapted(ids).logits, merged.eval()(ids).logits, base.eval()(ids).logits
+    print(f"LM expert LoRA: base + adapter vs merged, max |logit diff| {(on_the_fly - folded).abs().max():.2e}")
     assert (on_the_fly - folded).abs().max() < 1e-5
     assert (plain - folded).abs().max() > 1e-3  # the adapter does change the model
 

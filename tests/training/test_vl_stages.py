@@ -203,8 +203,16 @@ def test_vl_expert_lora_adapter_on_the_base_equals_the_merged_model_on_images(vl
     base = ZayaVL.from_pretrained(vl_assets["model_dir"]).eval()
     with torch.no_grad():
         on_the_fly, folded, plain = (m(**inputs).logits for m in (adapted, merged, base))
+    print(f"VL expert LoRA: base + adapter vs merged, max |logit diff| {(on_the_fly - folded).abs().max():.2e}")
     assert (on_the_fly - folded).abs().max() < 1e-5
     assert (plain - folded).abs().max() > 1e-3
     before, after = base.state_dict(), merged.state_dict()
     assert all(not torch.equal(before[f"model.layers.{i}.mlp.experts.{p}"], after[f"model.layers.{i}.mlp.experts.{p}"])
                for i in range(base.config.text_config.num_hidden_layers) for p in ("gate_up_proj", "down_proj"))
+    from zaya_vl.cli import main
+
+    assert main(["merge", str(vl_assets["model_dir"]), str(result.final_dir / "adapter"), str(tmp_path / "m")]) == 0
+    remerged = _weights(tmp_path / "m")
+    assert remerged.keys() == after.keys()
+    assert max((remerged[n] - after[n]).abs().max().item() for n in after) < 1e-6
+    assert (tmp_path / "m" / "processor_config.json").is_file()
