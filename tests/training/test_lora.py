@@ -135,3 +135,12 @@ def test_bad_expert_lora_targets_name_the_key(helpers, assets, tmp_path, lora, w
     config = helpers.run_config(assets, tmp_path / "run", stage="sft", data="chat", lora=lora)
     with pytest.raises(ConfigError, match=why):
         train(config_from_dict(config))
+
+
+def test_a_freeze_pattern_that_would_freeze_the_expert_lora_is_refused(helpers, assets, tmp_path):
+    config = helpers.run_config(assets, tmp_path / "run", stage="sft", data="chat",
+                                lora={"target_modules": [], "target_parameters": EXPERTS},
+                                freeze={"freeze": ["model.layers.*.mlp.*"]})
+    with pytest.raises(ConfigError, match=r"freeze.freeze: pattern 'model.layers.\*.mlp.\*' freezes the LoRA "
+                                          r"matrix model.layers.0.mlp.experts"):
+        train(config_from_dict(config))
