@@ -63,7 +63,7 @@ def load_task_data(task: str | Task, data: str | Path | None = None, limit: int 
 def fingerprint_rows(rows) -> str:
     """sha256 over every row's values, image bytes included (hashed, not decoded). Taken over the whole split
     so that `--limit 10` then `--limit 100` into one folder is still the same data; another data file, or the
-    same file edited, is not."""
+    same file edited, is not. An image given as a path is identified by that path (its file is not read here)."""
     digest = hashlib.sha256(f"{len(rows)}|{sorted(rows.column_names)}".encode())
     for batch in rows.iter(batch_size=256):
         digest.update(json.dumps(batch, sort_keys=True, default=_blob_digest, ensure_ascii=False).encode("utf-8",
