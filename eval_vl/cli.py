@@ -101,9 +101,12 @@ def score_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown task {args.task!r}; valid tasks: {', '.join(TASKS)}")
     if not args.predictions.is_file():
         raise SystemExit(f"predictions file not found: {args.predictions}")
-    summary, records = score_predictions(
-        args.task, args.predictions, args.data, id_key=args.id_key, prediction_key=args.prediction_key
-    )
+    try:
+        summary, records = score_predictions(
+            args.task, args.predictions, args.data, id_key=args.id_key, prediction_key=args.prediction_key
+        )
+    except ValueError as error:
+        raise SystemExit(f"zaya-vl score: {error}") from None
     results = {
         "model": str(args.predictions),
         "config": {"scored_from": str(args.predictions)},
@@ -111,13 +114,28 @@ def score_command(args: argparse.Namespace) -> int:
         "tasks": {args.task: summary},
     }
     if args.output:
-        write_atomic(args.output / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-        write_atomic(args.output / "results.md", render_markdown(results))
-        write_atomic(args.output / "scored.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    print(render_markdown(results))
+        # Every file is encoded before the first is written: all three are written, or none.
+        files = {
+            "results.json": _json_bytes(results, indent=2),
+            "results.md": render_markdown(results).encode("utf-8", "backslashreplace"),
+            "scored.jsonl": b"".join(_json_bytes(record) for record in records),
+        }
+        for name, payload in files.items():
+            write_atomic(args.output / name, payload)
+    print(render_markdown(results).encode("utf-8", "backslashreplace").decode("utf-8"))
     if summary["n_missing"]:
         print(f"note: {summary['n_missing']} items of the data have no prediction and are not scored", file=sys.stderr)
     return 0
+
+
+def _json_bytes(value, indent: int | None = None) -> bytes:
+    """UTF-8 JSON (one line, or indented); text that is not valid Unicode (a lone surrogate a predictions file
+    can carry as "\\ud800") is kept as its JSON escape instead of failing to encode."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(value, indent=indent, ensure_ascii=True) + "\n").encode("ascii")
 
 
 def main(argv: list[str] | None = None) -> int:
