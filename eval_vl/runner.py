@@ -122,6 +122,15 @@ def run_eval(
     return results
 
 
+def partial_state():
+    """accelerate's view of this launch. Without GPUs it must be told the run is on CPU, or each process
+    believes it is alone (no gloo group) and every process would evaluate every item."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 @dataclass
 class Processes:
     """This process's place among the evaluation's processes (one, unless launched by accelerate/torchrun)."""
@@ -134,9 +143,7 @@ class Processes:
     def current(cls) -> "Processes":
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = partial_state()
         return cls(state.process_index, state.num_processes, state)
 
     @property
