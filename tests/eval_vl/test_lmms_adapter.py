@@ -49,3 +49,27 @@ def test_generate_until_answers_lmms_eval_requests_like_our_assistant(tmp_path):
     assert replies == [truncate_at_stops(reply, ["\n\n"]) for reply in expected]
     with pytest.raises(NotImplementedError):
         model.loglikelihood(requests)
+
+
+def test_model_args_are_checked_and_applied(tmp_path):
+    import torch
+
+    tiny_vl_checkpoint(tmp_path / "model", seed=1)
+    with pytest.raises(ValueError, match=r"unknown --model_args \['max_pixel'\]"):
+        ZayaVLLmms.create_from_arg_string(f"pretrained={tmp_path / 'model'},max_pixel=100000")
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        ZayaVLLmms.create_from_arg_string(f"pretrained={tmp_path / 'model'},dtype=int8")
+    with pytest.raises(ValueError, match="need 0 < min_pixels <= max_pixels"):
+        ZayaVLLmms.create_from_arg_string(f"pretrained={tmp_path / 'model'},min_pixels=9000,max_pixels=4000")
+
+    model = ZayaVLLmms.create_from_arg_string(
+        f"pretrained={tmp_path / 'model'},min_pixels=3136,max_pixels=12544,dtype=bfloat16,device=cpu")
+    assert (model.rank, model.world_size, model.device.type) == (0, 1, "cpu")
+    assert model.model.dtype == torch.bfloat16
+    processor = model.assistant.processor
+    assert (processor.min_pixels, processor.max_pixels) == (3136, 12544)
+    # A 560x560 page goes in at the set budget: at most 12544 pixels = 16 patches of 28x28 = 16 image tokens.
+    page = Image.new("RGB", (560, 560), (255, 255, 255))
+    inputs = processor(images=[[page]], text=["<image>hi"], return_tensors="pt")
+    height, width = (int(v) * 14 for v in inputs["image_grid_thw"][0, 1:])
+    assert height * width <= 12544 and (height, width) == processor.num_image_tokens((560, 560)).resized_hw
