@@ -33,6 +33,10 @@ class ZayaLMConfig(PreTrainedConfig):
         Which token's image mask gates the vision LoRA of the delayed value, which token ``t`` takes from token
         ``t - 1``. `"current_token"`: ``mask_t · B·A·x_{t-1}`` (Zyphra's reference code). `"previous_token"`: the
         LoRA is part of token ``t - 1``'s delayed projection, ``mask_{t-1} · B·A·x_{t-1}`` (the upstream port).
+    sliding_window_masks_padding (`bool`, defaults to `True`):
+        Whether ``hybrid_sliding`` layers keep real tokens from attending to padding. The upstream port builds
+        their masks without the padding mask (real tokens attend to padded positions inside the window); its
+        checkpoints load with `False` to reproduce it.
     vision_lora_rank_attn / vision_lora_rank_mlp (`int`, defaults to 0):
         Rank of the image-token-gated LoRA adapters on the CCA projections and on every expert's fc1/fc2.
         0 builds no adapters (the text-only LM).
@@ -73,6 +77,7 @@ class ZayaLMConfig(PreTrainedConfig):
     skip_expert_output: Literal["zero", "scaled_input"] = "zero"
     router_rms_norm_eps: float | None = None
     vision_lora_delayed_gate: Literal["current_token", "previous_token"] = "current_token"
+    sliding_window_masks_padding: bool = True
     vision_lora_rank_attn: int = 0
     vision_lora_rank_mlp: int = 0
 

@@ -234,10 +234,11 @@ class ZayaLMModel(ZayaPreTrainedModel):
 
         masks = {}
         for layer_type in set(config.layer_types):
+            sliding = layer_type == "hybrid_sliding"
             masks[layer_type] = build_attention_mask(
                 batch_size=batch, query_length=seq, key_length=key_length, device=device,
-                padding_mask=padding_mask,
-                sliding_window=config.sliding_window if layer_type == "hybrid_sliding" else None,
+                padding_mask=None if sliding and not config.sliding_window_masks_padding else padding_mask,
+                sliding_window=config.sliding_window if sliding else None,
                 image_span_ids=span_ids, segment_ids=segment_ids,
             )
         implementation = config._attn_implementation or "sdpa"

@@ -258,7 +258,8 @@ def port_config_fields(ref: dict) -> dict:
     lm_fields["vision_lora_rank_attn"] = int(text.get("vision_lora_rank_attn", default=8)) if vision_lora else 0
     lm_fields["vision_lora_rank_mlp"] = int(text.get("vision_lora_rank_mlp", default=32)) if vision_lora else 0
     # The port gives skip-routed tokens nothing and normalises the router with rms_norm_eps, as text `zaya` does.
-    lm_fields.update(skip_expert_output="zero", router_rms_norm_eps=None, vision_lora_delayed_gate="previous_token")
+    lm_fields.update(skip_expert_output="zero", router_rms_norm_eps=None, vision_lora_delayed_gate="previous_token",
+                     sliding_window_masks_padding=False)
     text.warn_rest()
     vision = {**_PORT_VISION_DEFAULTS, **dict(keys.get("vision_config", default={}) or {})}
     fields = dict(
@@ -274,10 +275,12 @@ def port_config_fields(ref: dict) -> dict:
     return fields
 
 
+# Ours beyond upstream's fields: the settings where the references disagree, and the adapters' ranks.
+_BEHAVIOUR_FIELDS = ("skip_expert_output", "router_rms_norm_eps", "vision_lora_delayed_gate",
+                     "sliding_window_masks_padding", "vision_lora_rank_attn", "vision_lora_rank_mlp")
 # ZayaLMConfig's fields that the port's text config shares by name (ours beyond them are set explicitly).
 _LM_FIELDS = tuple(name for name in ZayaLMConfig.__dataclass_fields__
-                   if name not in ("skip_expert_output", "router_rms_norm_eps", "vision_lora_delayed_gate",
-                                   "vision_lora_rank_attn", "vision_lora_rank_mlp") and not name.startswith("_"))
+                   if name not in _BEHAVIOUR_FIELDS and not name.startswith("_"))
 
 
 def port_config_dict(config: "ZayaVLConfig") -> dict:
