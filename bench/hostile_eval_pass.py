@@ -3,12 +3,14 @@ classed as clear error / unhelpful crash / silent wrong / data lost / ok (handle
 predictor that replies with the mean pixel and runs the processor's `smart_resize` as the real one does.
 
     .venv/bin/python bench/hostile_eval_pass.py
+Run it under a memory limit (`ulimit -v 6000000`) against older code: the runaway reply once grew to 23 GB.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +40,12 @@ def _png(image, **kw):
     return buffer.getvalue()
 
 
+def _timed_out(*_):
+    raise TimeoutError("still running after 60 s")
+
+
 def main() -> None:
+    signal.signal(signal.SIGALRM, _timed_out)
     root = Path(tempfile.mkdtemp(prefix="hostile_eval_"))
     outcomes: list[tuple[str, str, str]] = []
 
@@ -139,8 +146,10 @@ def main() -> None:
     # --- resources -------------------------------------------------------------------------------------
     def runaway():
         started = time.process_time()
+        signal.alarm(60)  # a quadratic extractor would run for hours (and grow to many GB): stop and say so
         mathvista_is_correct("The answer is 1/2 " * 250_000 + "\nThe answer is 7", question_type="free_form",
                              answer_type="integer", answer="7", choices=None, places=0)
+        signal.alarm(0)
         return time.process_time() - started
     attempt("resources", "4.5 MB MathVista reply", runaway,
             check=lambda seconds: "ok" if seconds < 5 else f"unhelpful: {seconds:.0f} s")
