@@ -99,26 +99,26 @@ def run_eval(
             records = _run_task(predictor, data, output_dir / data.task.name / "predictions.jsonl", batch_size,
                                 show_progress, processes)
             summaries[data.task.name], sources[data.task.name] = summarize_task(data.task, records), data.source
+
+        finished = time.time()
+        results = {
+            "model": model_name,
+            "config": config,
+            "limit": limit,
+            "batch_size": batch_size,
+            "data": sources,
+            "tasks": summaries,
+            "timing": {
+                "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+                "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds"),
+                "elapsed_s": round(finished - started, 3),
+            },
+        }
+        if processes.is_main:
+            write_results(output_dir, results)
     finally:
         if lock is not None:
-            lock.release()
-
-    finished = time.time()
-    results = {
-        "model": model_name,
-        "config": config,
-        "limit": limit,
-        "batch_size": batch_size,
-        "data": sources,
-        "tasks": summaries,
-        "timing": {
-            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-            "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds"),
-            "elapsed_s": round(finished - started, 3),
-        },
-    }
-    if processes.is_main:
-        write_results(output_dir, results)
+            lock.release()  # after results.json: a run waiting for the folder sees a finished one
     return results
 
 
