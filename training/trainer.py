@@ -200,7 +200,9 @@ class Trainer:
         if resume is True:
             latest = latest_checkpoint(self.checkpoint_root)
             if latest is None:
-                self._refuse_earlier_run("there is no checkpoint to resume from")
+                # Nothing to continue. A run killed before its first checkpoint is simply started again (so
+                # `--resume` stays safe to always pass); a finished one is not silently trained over.
+                self._refuse_earlier_run("there is no checkpoint to resume from", only=("final",))
             return latest
         if resume:
             return Path(resume)
@@ -210,12 +212,14 @@ class Trainer:
         self._refuse_earlier_run("")
         return None
 
-    def _refuse_earlier_run(self, reason: str) -> None:
+    def _refuse_earlier_run(self, reason: str, only: tuple[str, ...] = ("final", "metrics.jsonl", "checkpoints")
+                            ) -> None:
         """Starting fresh over an earlier run's ``final/``, ``metrics.jsonl`` or checkpoints replaces them: only
-        with ``overwrite``, which clears them first so nothing of the old run mixes into the new one."""
-        earlier = [name for name in ("final", "metrics.jsonl", "checkpoints") if _has_content(self.output_dir / name)]
-        if not earlier:
+        with ``overwrite``, which clears them first so nothing of the old run mixes into the new one. ``only``: the
+        outputs whose presence refuses (all of them are cleared under ``overwrite``)."""
+        if not any(_has_content(self.output_dir / name) for name in only):
             return
+        earlier = [name for name in ("final", "metrics.jsonl", "checkpoints") if _has_content(self.output_dir / name)]
         if not self.overwrite:
             reason = f"; {reason}" if reason else ""
             raise ConfigError(f"{self.output_dir} holds an earlier run ({', '.join(earlier)}){reason}. Pass "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,12 @@ def test_fresh_run_into_a_finished_folder_needs_resume_or_overwrite(helpers, ass
             train(config_from_dict(config), resume=resume)
     assert (tmp_path / "run" / "final" / "model.safetensors").read_bytes() == before
     assert len(helpers.read_metrics(tmp_path / "run")) == 1
+
+    # Killed before its first checkpoint (metrics, no final/): --resume starts it again, a plain start is refused.
+    shutil.rmtree(tmp_path / "run" / "final")
+    with pytest.raises(ConfigError, match=r"holds an earlier run \(metrics.jsonl\)"):
+        train(config_from_dict(config))
+    assert train(config_from_dict(config), resume=True).steps == 1
 
     config["train"]["max_steps"] = 2
     result = train(config_from_dict(config), overwrite=True)
