@@ -24,7 +24,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config (examples/train/*.yaml)")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                         help="continue from the newest complete checkpoint in output_dir (or start fresh if there "
-                             "is none), or from the CHECKPOINT folder given")
+                             "is none and no finished run), or from the CHECKPOINT folder given")
     parser.add_argument("--overwrite", action="store_true",
                         help="start fresh in an output_dir that holds an earlier run (its final/, metrics.jsonl and "
                              "checkpoints are deleted first)")
