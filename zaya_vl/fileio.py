@@ -20,9 +20,11 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "OutputLock", "OutputLockedError", "fsync_dir", "write_atomic"]
+__all__ = ["LOCK_NAME", "OutputLock", "OutputLockedError", "atomic_path", "fsync_dir", "write_atomic"]
 
 LOCK_NAME = ".zaya-vl.lock"
 # Locks this process holds, by lock path -> nesting depth: an inner acquire of a held folder must not let the
@@ -44,26 +46,34 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(descriptor)
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes, *, encoding: str = "utf-8") -> None:
-    """Write ``data`` (text or bytes) to ``path``: readers see the old file or the whole new one, never a part.
-
-    Text is encoded before anything touches the disk, so a string that cannot be encoded (a lone surrogate)
-    raises with ``path`` unchanged.
-    """
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on success it replaces ``path`` (readers see the old file or
+    the whole new one), on failure it is removed and ``path`` is untouched."""
     path = Path(path)
-    payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(payload)
-            temp.flush()
+        yield Path(temp_name)
+        with open(temp_name, "rb+") as temp:
             os.fsync(temp.fileno())
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, *, encoding: str = "utf-8") -> None:
+    """Write ``data`` (text or bytes) to ``path``: readers see the old file or the whole new one, never a part.
+
+    Text is encoded before anything touches the disk, so a string that cannot be encoded (a lone surrogate)
+    raises with ``path`` unchanged.
+    """
+    payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
+    with atomic_path(path) as temp:
+        temp.write_bytes(payload)
 
 
 class OutputLockedError(RuntimeError):
