@@ -1,7 +1,7 @@
 """MathVista (testmini): math over images, accuracy with deterministic answer extraction.
 
 Prompt styles (`prompt_style`):
-- "query" (our default, DESIGN §7): the dataset's own `query` column -- the official MathVista
+- "query" (our default, what MathVista's own evaluation sends): the dataset's own `query` column -- the official MathVista
   prompt ("Hint: ... at the end.\\nQuestion: ...\\nChoices:\\n(A) ...").
 - "format-prompt": lmms-eval's `mathvista_testmini_format` task (shot 0, no caption/OCR):
   `mathvista_evals.py` `create_one_query` joins [question (+ " (Unit: u)"), "A. c1\\nB. c2...",
