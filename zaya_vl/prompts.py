@@ -19,14 +19,18 @@ def option_letters(n_options: int) -> list[str]:
     return [chr(ord("A") + i) for i in range(n_options)]
 
 
+def option_lines(options: Iterable[str]) -> str:
+    """``A. first``, ``B. second``, ... one a line: how AI2D and MathVista list a question's choices."""
+    options = list(options)
+    return "\n".join(f"{letter}. {option}" for letter, option in zip(option_letters(len(options)), options))
+
+
 def docvqa_prompt(question: str) -> str:
     return f"{question}{DOCVQA_POST_PROMPT}"
 
 
 def ai2d_prompt(question: str, options: Iterable[str]) -> str:
-    options = list(options)
-    lines = "\n".join(f"{letter}. {option}" for letter, option in zip(option_letters(len(options)), options))
-    return f"{question}\n{lines}{AI2D_POST_PROMPT}"
+    return f"{question}\n{option_lines(options)}{AI2D_POST_PROMPT}"
 
 
-__all__ = ["AI2D_POST_PROMPT", "DOCVQA_POST_PROMPT", "ai2d_prompt", "docvqa_prompt", "option_letters"]
+__all__ = ["AI2D_POST_PROMPT", "DOCVQA_POST_PROMPT", "ai2d_prompt", "docvqa_prompt", "option_letters", "option_lines"]
