@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .records import write_atomic
+from zaya_vl.fileio import write_atomic
+
 from .registry import TASKS, parse_task_list
 from .report import render_markdown
 

@@ -12,9 +12,10 @@ from PIL import Image
 
 from zaya_vl.data import charts, diagrams, forms, receipts
 from zaya_vl.data.documents import KINDS, make_document, plan_split, render_document
-from zaya_vl.data.formats import atomic_write_bytes, validate_ai2d_row, validate_chat_row, validate_docvqa_row
+from zaya_vl.data.formats import validate_ai2d_row, validate_chat_row, validate_docvqa_row
 from zaya_vl.data.render import Font, get_font
 from zaya_vl.data.synthetic import generate_dataset, iter_text, main, render_example
+from zaya_vl.fileio import write_atomic
 from zaya_vl.prompts import AI2D_POST_PROMPT, DOCVQA_POST_PROMPT
 
 SEED = 7
@@ -390,14 +391,14 @@ def test_render_example_writes_one_page_per_kind(tmp_path):
 
 def test_atomic_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "train.jsonl"
-    atomic_write_bytes(target, b"old\n")
+    write_atomic(target, b"old\n")
 
     def killed(*args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        atomic_write_bytes(target, b"new\n" * 1000)
+        write_atomic(target, b"new\n" * 1000)
     assert target.read_bytes() == b"old\n" and [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]
 
 

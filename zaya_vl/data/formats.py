@@ -1,5 +1,4 @@
-"""Row formats written by the generator (chat rows for training, DocVQA / AI2D rows for eval) and
-atomic file writes.
+"""Row formats written by the generator: chat rows for training, DocVQA / AI2D rows for eval.
 
 Training prompts are the eval tasks' own (`zaya_vl.prompts`: lmms-eval's DocVQA suffix, and AI2D's question +
 `A. option` lines + suffix) so a tiny model is trained on the prompts it is tested on.
@@ -9,14 +8,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 from PIL import Image
 
-from zaya_vl.fileio import write_atomic
 from zaya_vl.prompts import ai2d_prompt, docvqa_prompt, option_letters
 
 CHAT_KEYS = ("id", "doc_id", "kind", "tier", "messages")
@@ -125,12 +121,6 @@ def validate_ai2d_row(row: dict) -> None:
     _check(isinstance(options, list) and len(options) == 4 and all(isinstance(o, str) for o in options),
            row, "options must be 4 str")
     _check(row["answer"] in {"0", "1", "2", "3"}, row, "answer must be the 0-based option index as str")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace, so a killed run never leaves a partial
-    file under the final name."""
-    write_atomic(path, data)
 
 
 def jsonl_bytes(rows: Iterable[dict]) -> bytes:
