@@ -90,7 +90,7 @@ def test_it_reads_easy_charts(easy_chart_accuracy):
     assert easy_chart_accuracy >= 0.45
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8's chart bar (accuracy 0.6) is not met: highest/lowest are read, "
+@pytest.mark.xfail(strict=True, reason="the chart bar (accuracy 0.6) is not met: highest/lowest are read, "
                    "values mostly not (see README); strict, so this turns red when it is met")
 def test_it_meets_the_issue_bar_on_easy_charts(easy_chart_accuracy):
     assert easy_chart_accuracy >= 0.6
