@@ -44,3 +44,15 @@ def assert_matches(outputs, references, tolerance: float = 1e-4) -> None:
         assert list(completion.token_ids) == reference["tokens"], f"prompt {index}: greedy tokens differ"
         diffs = [abs(a - b) for a, b in zip(chosen_logprobs(completion), reference["logprobs"], strict=True)]
         assert max(diffs) < tolerance, f"prompt {index}: log-prob differs by {max(diffs):.2e}"
+
+
+def release(llm) -> None:
+    """Shut an in-process engine down so the next test module can start its own."""
+    import gc
+
+    from vllm.distributed import cleanup_dist_env_and_memory
+
+    llm.llm_engine.engine_core.shutdown() if hasattr(llm.llm_engine, "engine_core") else None
+    del llm
+    gc.collect()
+    cleanup_dist_env_and_memory()

@@ -2,10 +2,15 @@
 
     python tests/vllm/reference.py lm SPEC.json OUT_DIR
 
-SPEC.json: {"config": {...ZayaLMConfig overrides...}, "seed": int, "prompts": [[ids...], ...], "max_new": int}.
-Writes a tiny random checkpoint of our ``ZayaLM`` to OUT_DIR/checkpoint and OUT_DIR/reference.json with, per
-prompt, the greedy tokens and each step's log-probability of the chosen token, decoded one token at a time
-through our model's own cache (``zaya_vl.lm.ZayaLM``, fp32, CPU).
+    python tests/vllm/reference.py vl SPEC.json OUT_DIR
+
+lm: SPEC {"config": {...ZayaLMConfig overrides...}, "seed": int, "prompts": [[ids...], ...], "max_new": int}.
+vl: SPEC {"config": {...text overrides...}, "image_attention": str, "seed": int,
+          "prompts": [{"text": str, "images": [png path, ...]}, ...], "max_new": int}.
+Writes a tiny random checkpoint of our ``ZayaLM`` / ``ZayaVL`` (with its processor) to OUT_DIR/checkpoint and
+OUT_DIR/reference.json with, per prompt, the greedy tokens and each step's log-probability of the chosen token,
+decoded one token at a time through our model's own cache (fp32, CPU); for vl also the prompt's input_ids as
+``ZayaVLProcessor`` builds them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 @torch.no_grad()
 def greedy(model, prompt: list[int], max_new: int, **extra) -> tuple[list[int], list[float]]:
     ids = torch.tensor([prompt])
-    out = model(input_ids=ids, use_cache=True, **extra)
+    out = model(input_ids=ids, use_cache=True, **extra)  # extra: the images, for the prompt only
     tokens, logprobs = [], []
     for _ in range(max_new):
         logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
@@ -46,7 +51,30 @@ def lm(spec: dict, out_dir: Path) -> None:
     (out_dir / "reference.json").write_text(json.dumps(results))
 
 
+def vl(spec: dict, out_dir: Path) -> None:
+    from PIL import Image
+
+    from zaya_vl import ZayaVL, ZayaVLProcessor
+    from zaya_vl.testing import tiny_vl_checkpoint
+
+    model, _ = tiny_vl_checkpoint(out_dir / "checkpoint", seed=spec["seed"], std=spec.get("std", 0.1),
+                                  **spec["config"])
+    model.config.image_attention = spec["image_attention"]
+    model.config.save_pretrained(out_dir / "checkpoint")
+    model = ZayaVL.from_pretrained(out_dir / "checkpoint", dtype=torch.float32).eval()
+    processor = ZayaVLProcessor.from_pretrained(out_dir / "checkpoint")
+    results = []
+    for prompt in spec["prompts"]:
+        images = [Image.open(path).convert("RGB") for path in prompt["images"]] or None
+        inputs = processor(text=prompt["text"], images=images, return_tensors="pt")
+        extra = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
+        ids = inputs["input_ids"][0].tolist()
+        tokens, logprobs = greedy(model, ids, spec["max_new"], **extra)
+        results.append({"tokens": tokens, "logprobs": logprobs, "prompt_ids": ids})
+    (out_dir / "reference.json").write_text(json.dumps(results))
+
+
 if __name__ == "__main__":
     kind, spec_file, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     out.mkdir(parents=True, exist_ok=True)
-    {"lm": lm}[kind](json.loads(Path(spec_file).read_text()), out)
+    {"lm": lm, "vl": vl}[kind](json.loads(Path(spec_file).read_text()), out)

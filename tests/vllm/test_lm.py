@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import assert_matches, run_reference  # noqa: E402
+from harness import assert_matches, release, run_reference  # noqa: E402
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -46,7 +46,8 @@ def llm(reference):
     engine = LLM(model=str(checkpoint), dtype="float32", enforce_eager=True, enable_prefix_caching=False,
                  skip_tokenizer_init=True, max_model_len=256, max_num_seqs=8, enable_chunked_prefill=True,
                  max_num_batched_tokens=CHUNK, seed=0)
-    return engine
+    yield engine
+    release(engine)
 
 
 def _generate(llm, prompts):

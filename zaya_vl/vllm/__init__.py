@@ -10,11 +10,17 @@ from __future__ import annotations
 ARCHITECTURES = {
     "ZayaLM": "zaya_vl.vllm.lm:ZayaForCausalLM",
     "ZayaForCausalLM": "zaya_vl.vllm.lm:ZayaForCausalLM",
+    "ZayaVL": "zaya_vl.vllm.vl:ZayaVLForConditionalGeneration",
+    "Zaya1VLForConditionalGeneration": "zaya_vl.vllm.vl:ZayaVLForConditionalGeneration",
 }
 
 
 def register() -> None:
     from vllm import ModelRegistry
+
+    from zaya_vl.vllm.config import register_config
+
+    register_config()
 
     supported = set(ModelRegistry.get_supported_archs())
     for architecture, target in ARCHITECTURES.items():

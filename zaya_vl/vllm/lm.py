@@ -25,14 +25,10 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 from vllm.sequence import IntermediateTensors
 
+from zaya_vl.vllm.config import text_config as _text_config
 from zaya_vl.vllm.cca import CCA_STATE_COPY_FUNCS, CCAStateLayer, cca_state_shapes
 from zaya_vl.vllm.lora import add_gated_lora
 from zaya_vl.vllm.weights import native_weights
-
-
-def _text_config(config):
-    """The LM's config: the text sub-config of a VL config, or the config itself."""
-    return getattr(config, "text_config", None) or config
 
 
 class RMSNorm(nn.Module):
