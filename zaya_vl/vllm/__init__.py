@@ -18,9 +18,13 @@ ARCHITECTURES = {
 def register() -> None:
     from vllm import ModelRegistry
 
+    from zaya_vl.vllm.cca import cca_backend_enum
     from zaya_vl.vllm.config import register_config
 
     register_config()
+    # Every vLLM process must know the CCA state's backend name before a layer spec that names it is unpickled
+    # there (the engine core receives the workers' KV-cache specs).
+    cca_backend_enum()
 
     supported = set(ModelRegistry.get_supported_archs())
     for architecture, target in ARCHITECTURES.items():
