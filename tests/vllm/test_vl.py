@@ -100,15 +100,34 @@ def test_images_and_text_in_flight_together(llm, case):
     assert_matches(_generate(llm, _requests(spec)), expected)
 
 
-def test_bidirectional_image_attention_is_refused_on_cpu(case, tmp_path):
+@pytest.mark.parametrize("mode", ["bidirectional", "images", "prefix"])
+def test_image_attention_that_cpu_cannot_serve_is_refused(case, tmp_path, mode):
     from vllm import LLM
 
     out, _, _ = case
-    checkpoint = tmp_path / "bidirectional"
+    checkpoint = tmp_path / mode
     shutil.copytree(out / "checkpoint", checkpoint)
     config = json.loads((checkpoint / "config.json").read_text())
-    config["image_attention"] = "bidirectional"
+    config["image_attention"] = mode
     (checkpoint / "config.json").write_text(json.dumps(config))
     with pytest.raises(Exception, match="prefix-LM"):
         LLM(model=str(checkpoint), dtype="float32", enforce_eager=True, enable_prefix_caching=False,
             max_model_len=512, max_num_seqs=2, limit_mm_per_prompt={"image": 1})
+
+
+def test_upstream_port_layout(case, tmp_path_factory):
+    # The same kind of model saved in the upstream transformers port's layout (its config says which delayed-value
+    # LoRA gate it uses): vLLM reads it through the port's key table and matches our model reading it.
+    from vllm import LLM
+
+    _, spec, _ = case
+    out = tmp_path_factory.mktemp("zaya_vl_port")
+    port_spec = {**spec, "layout": "transformers", "seed": 2}
+    expected = run_reference("vl", port_spec, out)
+    engine = LLM(model=str(out / "checkpoint"), dtype="float32", enforce_eager=True, enable_prefix_caching=False,
+                 max_model_len=512, max_num_seqs=4, limit_mm_per_prompt={"image": 2}, seed=0,
+                 hf_overrides={"image_attention": "causal"})
+    try:
+        assert_matches(_generate(engine, _requests(port_spec)), expected)
+    finally:
+        release(engine)

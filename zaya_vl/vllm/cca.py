@@ -107,6 +107,9 @@ class CCAStateLayer(MambaBase, nn.Module):
         self.conv_qk_depthwise = nn.Conv1d(channels, channels, config.cca_time0, groups=channels)
         self.conv_qk_grouped = nn.Conv1d(channels, channels, config.cca_time1, groups=groups)
         self.rank = getattr(config, "vision_lora_rank_attn", 0) or 0
+        # Which token's image mask gates the delayed value's LoRA: the token that reads it (Zyphra's release) or the
+        # token whose projection it is (the upstream port), as ZayaLMConfig.vision_lora_delayed_gate says.
+        self.delayed_gate = getattr(config, "vision_lora_delayed_gate", "current_token")
         if self.rank:
             self.vision_adapters = nn.ModuleDict({
                 "q": _LoRA(self.hidden_size, self.query_width, self.rank),
@@ -177,7 +180,11 @@ class CCAStateLayer(MambaBase, nn.Module):
             q = add_gated_lora(q, x, adapters["q"], image_token)
             k = add_gated_lora(k, x, adapters["k"], image_token)
             value_current = add_gated_lora(value_current, x, adapters["v_current"], image_token)
-            adapter_input = x @ adapters["v_delayed"].A.t().to(x.dtype)      # (tokens, rank), A·x
+            if self.delayed_gate == "previous_token":  # the LoRA travels with the token's own delayed projection
+                value_next = add_gated_lora(value_next, x, adapters["v_delayed"], image_token)
+                adapter_input = x.new_zeros(x.shape[0], self.rank)
+            else:  # the next token's mask gates B·A·x of this token: carry A·x
+                adapter_input = x @ adapters["v_delayed"].A.t().to(x.dtype)      # (tokens, rank)
         qk = torch.cat([q, k], dim=-1)
         # Per-token delayed state: this token's delayed projection (and adapter input), what the next one reads.
         carried = value_next if adapter_input is None else torch.cat([value_next, adapter_input], dim=-1)
@@ -196,7 +203,7 @@ class CCAStateLayer(MambaBase, nn.Module):
         heads = mixed.view(num_tokens, self.num_heads + self.num_kv_heads, self.head_dim)
 
         value_delayed = previous[:, : self.value_width]
-        if self.rank and image_token is not None:
+        if self.rank and image_token is not None and self.delayed_gate == "current_token":
             # The delayed value's adapter is gated by the *current* token's image mask, applied to the previous
             # token's input (as the reference does).
             delta = previous[:, self.value_width:] @ self.vision_adapters["v_delayed"].B.t().to(x.dtype)

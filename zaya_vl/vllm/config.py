@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zaya_vl.configuration import ZayaVLConfig
+from zaya_vl.configuration import ReferenceZayaVLConfig, ZayaVLConfig
 
 
 class ServingZayaVLConfig(ZayaVLConfig):
@@ -22,13 +22,21 @@ class ServingZayaVLConfig(ZayaVLConfig):
         super().__post_init__(**kwargs)
 
 
+class ServingReferenceZayaVLConfig(ReferenceZayaVLConfig):
+    """A release's ``zaya1_vl`` config, answering vLLM's questions about the LM from its native conversion."""
+
+    def get_text_config(self, *args, **kwargs):
+        return native_vl_config(self).text_config
+
+
 def register_config() -> None:
     from transformers import AutoConfig
 
     AutoConfig.register(ServingZayaVLConfig.model_type, ServingZayaVLConfig, exist_ok=True)
+    AutoConfig.register(ServingReferenceZayaVLConfig.model_type, ServingReferenceZayaVLConfig, exist_ok=True)
 
 
-__all__ = ["ServingZayaVLConfig", "register_config"]
+__all__ = ["ServingReferenceZayaVLConfig", "ServingZayaVLConfig", "register_config"]
 
 
 def native_vl_config(config):
@@ -36,7 +44,10 @@ def native_vl_config(config):
     if getattr(config, "model_type", None) == "zaya1_vl":
         cached = getattr(config, "_zaya_native", None)
         if cached is None:
-            cached = config.to_native()
+            # vLLM's hf_overrides set attributes on the loaded config; the one a user sets here is the image
+            # attention mode (to serve a release's checkpoint causally, as its reference code attends).
+            overrides = {"image_attention": config.image_attention} if hasattr(config, "image_attention") else {}
+            cached = config.to_native(**overrides)
             object.__setattr__(config, "_zaya_native", cached)
         return cached
     return config

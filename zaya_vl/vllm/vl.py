@@ -4,12 +4,13 @@ image attention modes.
 Multimodal processing follows ``ZayaVLProcessor``: the prompt writes each image as the placeholder ``<image>``;
 images become Qwen2.5-VL patches (the checkpoint's image processor); vLLM replaces the i-th placeholder with
 ``<start_of_image>`` + N × ``<image_soft_token>`` + ``<end_of_image>`` (N = t·h·w / merge²) and fills the N soft
-tokens with the tower's output. Image tokens (``input_ids == image_token_id``) switch the vision LoRA on; text
-tokens never see it.
+tokens with the tower's output. The positions that receive image features switch the vision LoRA on; text tokens
+never see it.
 
-Image attention: ``"causal"`` runs on every vLLM attention backend. ``"bidirectional"`` (each image's tokens
-see the whole image) needs vLLM's prefix-LM ranges, which only some backends honour (``supports_mm_prefix``);
-on any other backend, CPU's included, the model refuses to load rather than serve causal masks silently.
+Image attention (``ZayaVLConfig.image_attention``): ``"causal"`` runs on every vLLM attention backend.
+``"bidirectional"`` (each image's tokens see the whole image) needs vLLM's prefix-LM ranges, which only some
+backends honour (``supports_mm_prefix``); ``"images"`` and ``"prefix"`` are not per-image ranges at all. Where
+the mode cannot be served, CPU included, the model refuses to load rather than serve causal masks silently.
 """
 
 from __future__ import annotations
@@ -137,10 +138,6 @@ class ZayaVLMultiModalProcessor(BaseMultiModalProcessor[ZayaVLProcessingInfo]):
 class ZayaVLForConditionalGeneration(nn.Module, SupportsMultiModal, ZayaStateMixin):
     """vLLM's entry class for ``ZayaVL`` checkpoints (native ``zaya_vl`` and Zyphra's reference ``zaya1_vl``)."""
 
-    # The LM needs the token ids next to the merged embeddings: they say which tokens are image tokens (the gate
-    # of the vision LoRA).
-    requires_raw_input_tokens = True
-
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
         if modality.startswith("image"):
@@ -169,20 +166,26 @@ class ZayaVLForConditionalGeneration(nn.Module, SupportsMultiModal, ZayaStateMix
         self._check_image_attention(vllm_config)
 
     def _check_image_attention(self, vllm_config: VllmConfig) -> None:
-        mode = getattr(self.config, "image_attention", "bidirectional")
-        if mode != "bidirectional":
+        """Serve only the image attention vLLM can express here; refuse the rest rather than attend causally."""
+        mode = getattr(self.config, "image_attention", "causal")
+        if mode == "causal":
             return
-        backend = self.model.layers[0].self_attn.attn.attn_backend
-        if vllm_config.model_config.is_mm_prefix_lm and backend.supports_mm_prefix():
-            return
-        reason = (f"the attention backend {backend.get_name()} ignores vLLM's prefix-LM ranges"
-                  if not backend.supports_mm_prefix() else "the model config does not enable prefix-LM ranges")
+        if mode == "bidirectional":  # each image's tokens see the whole image: vLLM's per-item prefix-LM ranges
+            backend = self.model.layers[0].self_attn.attn.attn_backend
+            if vllm_config.model_config.is_mm_prefix_lm and backend.supports_mm_prefix():
+                return
+            reason = (f"the attention backend {backend.get_name()} ignores vLLM's prefix-LM ranges"
+                      if not backend.supports_mm_prefix() else "the model config does not enable prefix-LM ranges")
+            hint = ("Serve it on a backend that honours them (FlexAttention, Triton) with "
+                    "hf_overrides={'is_mm_prefix_lm': True}, or ")
+        else:  # "images" (all images of a sample see each other), "prefix": not per-item ranges at all
+            reason = "vLLM's prefix-LM ranges (one per image) cannot express it"
+            hint = ""
         raise ValueError(
-            "This ZAYA1-VL checkpoint has image_attention='bidirectional' (each image's tokens see the whole image), "
-            f"but {reason}, so images would be attended causally and answers would differ from the model's. "
-            "Serve it on a backend that supports it (FlexAttention or Triton, with "
-            "hf_overrides={'is_mm_prefix_lm': True}), or reproduce Zyphra's reference behaviour explicitly with "
-            "hf_overrides={'image_attention': 'causal'}.")
+            f"This ZAYA1-VL checkpoint has image_attention={mode!r}, but {reason}, so images would be attended "
+            f"causally and answers would differ from the model's. {hint}"
+            "serve with plain causal attention explicitly: hf_overrides={'image_attention': 'causal'} "
+            "(Zyphra's reference code attends causally with eager and SDPA attention).")
 
     # -- images ----------------------------------------------------------------------------------------
     def embed_multimodal(self, **kwargs: object):
@@ -201,6 +204,9 @@ class ZayaVLForConditionalGeneration(nn.Module, SupportsMultiModal, ZayaStateMix
 
     def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings=None, *,
                         is_multimodal: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        # Where image features land is where the vision LoRA applies (a generated token that happens to equal the
+        # image token is text, as in ZayaVL). vLLM embeds each step's tokens right before running it.
+        self._image_positions = is_multimodal
         embeds = self.model.embed_tokens(input_ids)
         if multimodal_embeddings is None or is_multimodal is None or len(multimodal_embeddings) == 0:
             return embeds
@@ -216,10 +222,20 @@ class ZayaVLForConditionalGeneration(nn.Module, SupportsMultiModal, ZayaStateMix
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
                 intermediate_tensors: IntermediateTensors | None = None,
                 inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        image_token = input_ids == self.image_token_id if input_ids is not None else None
+        image_token = self._image_token(inputs_embeds.shape[0] if inputs_embeds is not None else input_ids.shape[0])
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
         return self.model(None, positions, inputs_embeds=inputs_embeds, image_token=image_token)
+
+    def _image_token(self, num_tokens: int) -> torch.Tensor | None:
+        """(num_tokens,) bool: this step's image-feature positions (vLLM pads the step past its real tokens)."""
+        positions, self._image_positions = getattr(self, "_image_positions", None), None
+        if positions is None or not bool(positions.any()):
+            return None
+        image_token = torch.zeros(num_tokens, dtype=torch.bool, device=positions.device)
+        count = min(num_tokens, positions.shape[0])
+        image_token[:count] = positions[:count]
+        return image_token
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.logits_processor(self.lm_head, hidden_states)
