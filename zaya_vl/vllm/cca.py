@@ -188,8 +188,9 @@ class CCAStateLayer(MambaBase, nn.Module):
         qk = torch.cat([q, k], dim=-1)
         # Per-token delayed state: this token's delayed projection (and adapter input), what the next one reads.
         carried = value_next if adapter_input is None else torch.cat([value_next, adapter_input], dim=-1)
-        mixed = torch.empty_like(qk)
-        previous = torch.empty_like(carried)  # the delayed state each token reads (its predecessor's)
+        # Zeros, not empty: vLLM may pad the step past its real tokens, and those rows must stay finite.
+        mixed = torch.zeros_like(qk)
+        previous = torch.zeros_like(carried)  # the delayed state each token reads (its predecessor's)
 
         metadata = self._metadata()
         if metadata is None:  # vLLM's profiling run: one sequence, no state
