@@ -204,7 +204,7 @@ class CCAProjection(nn.Module):
 
         # Values: the current token's projection, and the previous token's delayed projection — before the
         # first token that is the projection of a zero input (its bias), as the reference pads.
-        resuming = cache is not None and cache.get_seq_length() > 0
+        resuming = ctx.resuming
         first = (cache.delayed_values[self.layer_idx][:, None].to(x.dtype) if resuming
                  else self._start_value(value_next, batch))
         value_delayed = first if seq == 1 else torch.cat([first, value_next[:, :-1]], dim=1)
