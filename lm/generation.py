@@ -87,6 +87,10 @@ class ZayaGenerationMixin(GenerationMixin):
         return config
 
     def get_compiled_call(self, compile_config) -> callable:
+        with torch.no_grad():  # the fused weights a step uses, built once outside the graph
+            for module in self.modules():
+                if hasattr(module, "warm_derived"):
+                    module.warm_derived()
         compiled = super().get_compiled_call(compile_config)
 
         def step(**inputs):
