@@ -66,6 +66,7 @@ class CCAProjection(nn.Module):
              for adapter, projection in ADAPTED_PROJECTIONS.items()}
         ) if rank > 0 else None
         self.value_width = kv_width // 2
+        self.delayed_gate = config.vision_lora_delayed_gate
         self._derived = DerivedTensors()
 
     # -- weights derived from the parameters (memoised at inference) ------------------------------------
@@ -189,6 +190,8 @@ class CCAProjection(nn.Module):
             k = adapters["k"].add_to(qk[..., self.query_width:], x, image_rows)
             qk = torch.cat([q, k], dim=-1)
             value_current = adapters["v_current"].add_to(value_current, x, image_rows)
+            if self.delayed_gate == "previous_token":  # the LoRA travels with the token's own delayed projection
+                value_next = adapters["v_delayed"].add_to(value_next, x, image_rows)
         q, k = qk[..., : self.query_width], qk[..., self.query_width:]
 
         # Conv over raw q|k: history is the cached window, or zeros (the reference's left zero padding).
@@ -225,7 +228,7 @@ class CCAProjection(nn.Module):
             value_delayed = torch.where(ctx.delayed_keep[..., None], value_delayed,
                                         self._start_value(value_next, batch))
         next_adapter_input = None
-        if self.vision_adapters is not None:
+        if self.vision_adapters is not None and self.delayed_gate == "current_token":
             value_delayed, next_adapter_input = self._delayed_adapter(x, value_delayed, ctx, image_rows)
 
         value = torch.cat([value_current, value_delayed], dim=-1).view(batch, seq, self.num_kv_heads, self.head_dim)

@@ -15,6 +15,7 @@ from transformers import PreTrainedConfig
 
 LAYER_TYPES = ("hybrid", "hybrid_sliding")
 SKIP_EXPERT_OUTPUTS = ("zero", "scaled_input")
+DELAYED_GATES = ("current_token", "previous_token")
 
 
 class ZayaLMConfig(PreTrainedConfig):
@@ -28,6 +29,14 @@ class ZayaLMConfig(PreTrainedConfig):
         code, which checkpoints in the reference layout load with.
     router_rms_norm_eps (`float`, *optional*):
         Epsilon of the router's RMSNorm. `None` means `rms_norm_eps` (upstream); the reference uses 1e-6.
+    vision_lora_delayed_gate (`str`, defaults to `"current_token"`):
+        Which token's image mask gates the vision LoRA of the delayed value, which token ``t`` takes from token
+        ``t - 1``. `"current_token"`: ``mask_t · B·A·x_{t-1}`` (Zyphra's reference code). `"previous_token"`: the
+        LoRA is part of token ``t - 1``'s delayed projection, ``mask_{t-1} · B·A·x_{t-1}`` (the upstream port).
+    sliding_window_masks_padding (`bool`, defaults to `True`):
+        Whether ``hybrid_sliding`` layers keep real tokens from attending to padding. The upstream port builds
+        their masks without the padding mask (real tokens attend to padded positions inside the window); its
+        checkpoints load with `False` to reproduce it.
     vision_lora_rank_attn / vision_lora_rank_mlp (`int`, defaults to 0):
         Rank of the image-token-gated LoRA adapters on the CCA projections and on every expert's fc1/fc2.
         0 builds no adapters (the text-only LM).
@@ -67,6 +76,8 @@ class ZayaLMConfig(PreTrainedConfig):
 
     skip_expert_output: Literal["zero", "scaled_input"] = "zero"
     router_rms_norm_eps: float | None = None
+    vision_lora_delayed_gate: Literal["current_token", "previous_token"] = "current_token"
+    sliding_window_masks_padding: bool = True
     vision_lora_rank_attn: int = 0
     vision_lora_rank_mlp: int = 0
 
@@ -109,6 +120,8 @@ class ZayaLMConfig(PreTrainedConfig):
             fail("layer_types contains 'hybrid_sliding' but sliding_window is not set.")
         if self.skip_expert_output not in SKIP_EXPERT_OUTPUTS:
             fail(f"skip_expert_output={self.skip_expert_output!r}; expected one of {SKIP_EXPERT_OUTPUTS}.")
+        if self.vision_lora_delayed_gate not in DELAYED_GATES:
+            fail(f"vision_lora_delayed_gate={self.vision_lora_delayed_gate!r}; expected one of {DELAYED_GATES}.")
         if self.cca_time0 < 1 or self.cca_time1 < 1:
             fail("cca_time0 and cca_time1 must be >= 1.")
         for layer_type in set(self.layer_types):

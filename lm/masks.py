@@ -79,6 +79,29 @@ def to_block_mask(mask: torch.Tensor | None, *, query_length: int, key_length: i
     return create_block_mask(mask_mod, dense.shape[0], None, query_length, key_length, device=device)
 
 
+# How image tokens attend; text is always causal. Each mode is one reference's behaviour:
+# - "images": every image token sees every image token of its row, across images (the upstream transformers port's
+#   eager attention);
+# - "bidirectional": every image token sees every token of its own image (ours);
+# - "prefix": every token up to two past the row's last image token sees that whole prefix, text included (Zyphra's
+#   reference code on its flash-attention path, there computed over the flattened batch; here per row);
+# - "causal": plain causal attention (Zyphra's reference code, eager and SDPA).
+IMAGE_ATTENTION_MODES = ("images", "bidirectional", "prefix", "causal")
+
+
+def image_attention_spans(image_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Span ids for ``build_attention_mask``: tokens sharing a span id > 0 see each other both ways."""
+    if mode == "images":
+        return image_mask.long()
+    if mode == "bidirectional":
+        return image_span_ids_from_mask(image_mask)
+    if mode == "prefix":
+        positions = torch.arange(image_mask.shape[1], device=image_mask.device)
+        last_image = torch.where(image_mask.bool(), positions, -1).amax(dim=1, keepdim=True)
+        return ((positions < last_image + 3) & (last_image >= 0)).long()
+    raise ValueError(f"image_attention={mode!r} has no image spans; expected one of {IMAGE_ATTENTION_MODES[:-1]}.")
+
+
 def image_span_ids_from_mask(image_mask: torch.Tensor) -> torch.Tensor:
     """Number each maximal run of image tokens in a row 1, 2, …; text positions get 0."""
     image_mask = image_mask.bool()
@@ -87,4 +110,5 @@ def image_span_ids_from_mask(image_mask: torch.Tensor) -> torch.Tensor:
     return torch.cumsum(run_starts.long(), dim=1) * image_mask.long()
 
 
-__all__ = ["build_attention_mask", "image_span_ids_from_mask", "to_block_mask"]
+__all__ = ["IMAGE_ATTENTION_MODES", "build_attention_mask", "image_attention_spans", "image_span_ids_from_mask",
+           "to_block_mask"]

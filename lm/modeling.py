@@ -19,7 +19,7 @@ from zaya_vl.lm.cache import ZayaCache, decoder_layer_devices
 from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lm.layers import ResidualScaling, RMSNorm, RotaryEmbedding
 from zaya_vl.lm.generation import ZayaGenerationMixin
-from zaya_vl.lm.masks import build_attention_mask, image_span_ids_from_mask, to_block_mask
+from zaya_vl.lm.masks import IMAGE_ATTENTION_MODES, build_attention_mask, image_attention_spans, to_block_mask
 from zaya_vl.lm.moe import Routing, ZayaMoE
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
 
@@ -237,15 +237,15 @@ class ZayaLMModel(ZayaPreTrainedModel):
             valid = chunk_padding if chunk_padding is not None else cache.key_valid.new_ones(batch, seq)
             cache.key_valid.index_copy_(1, cache_positions.to(cache.key_valid.device), valid.to(cache.key_valid.device))
 
-        if image_attention not in ("bidirectional", "causal"):
-            raise ValueError(f"image_attention={image_attention!r}; expected 'bidirectional' or 'causal'.")
+        if image_attention not in IMAGE_ATTENTION_MODES:
+            raise ValueError(f"image_attention={image_attention!r}; expected one of {IMAGE_ATTENTION_MODES}.")
         span_ids = None
         image_rows = image_token = None
         if image_mask is not None and (resuming or bool(image_mask.any())):
             image_token = image_mask.reshape(-1).bool()
             image_rows = image_token.nonzero().squeeze(1)
-            if image_attention == "bidirectional":
-                span_ids = image_span_ids_from_mask(image_mask)
+            if image_attention != "causal":
+                span_ids = image_attention_spans(image_mask, image_attention)
                 if not bool((span_ids > 0).any()):
                     span_ids = None  # no image token among the queries: causal is exact
                 elif past:
@@ -265,10 +265,11 @@ class ZayaLMModel(ZayaPreTrainedModel):
 
         masks = {}
         for layer_type in set(config.layer_types):
+            sliding = layer_type == "hybrid_sliding"
             masks[layer_type] = build_attention_mask(
                 batch_size=batch, query_length=seq, key_length=key_length, device=device,
-                padding_mask=padding_mask,
-                sliding_window=config.sliding_window if layer_type == "hybrid_sliding" else None,
+                padding_mask=None if sliding and not config.sliding_window_masks_padding else padding_mask,
+                sliding_window=config.sliding_window if sliding else None,
                 image_span_ids=span_ids, segment_ids=segment_ids,
             )
         implementation = config._attn_implementation or "sdpa"
@@ -304,10 +305,12 @@ class ZayaLMModel(ZayaPreTrainedModel):
         causal = key_pos[None, :] <= query_pos                                     # (s, capacity)
         masks = {}
         for layer_type in set(config.layer_types):
-            allowed = causal
-            if layer_type == "hybrid_sliding" and config.sliding_window is not None:
+            allowed, sliding = causal, layer_type == "hybrid_sliding"
+            if sliding and config.sliding_window is not None:
                 allowed = allowed & (query_pos - key_pos[None, :] < config.sliding_window)
-            allowed = allowed[None, None] & cache.key_valid[:, None, None, :]
+            allowed = allowed[None, None]
+            if not sliding or config.sliding_window_masks_padding:
+                allowed = allowed & cache.key_valid[:, None, None, :]
             masks[layer_type] = allowed | (key_pos[None, :] == query_pos)[None, None]  # a padded query sees itself
         token_mask = new_valid if cache.prompt_padded else None
         return ForwardContext(

@@ -1,140 +1,214 @@
-"""The one key-mapping table from Zyphra's reference ``zaya1_vl`` layout to ours.
+"""Checkpoint layouts of ZAYA1-VL, each one declarative key table, and the one converter that walks them.
 
-Reference checkpoints (the released ZAYA1-VL-8B, and ``shared/fixtures``) store each decoder layer as an
-``attn.`` and an ``mlp.`` sub-layer, each expert as its own ``local_experts.J.linear_fc1/2``, the vision LoRA as
-``nn.Sequential`` pairs, and every residual scale on the sub-layer *after* the merge it belongs to. Ours is
-upstream transformers' ``zaya`` layout plus ``vision_tower.*`` and ``vision_adapters``:
+Three layouts of the same weights exist:
 
-| reference | native |
-|---|---|
-| ``vision_tower.*`` | unchanged |
-| ``model.embed_tokens.weight`` | unchanged |
-| ``model.final_norm.weight`` | ``model.norm.weight`` |
-| ``model.layers.0.attn.res_scale.hidden_states_{scale,bias}`` | ``model.input_hidden_states_{scale,bias}`` |
-| ``model.layers.i.attn.res_scale.*`` (i > 0) | ``model.layers.{i-1}.post_mlp_residual_scale.*`` |
-| ``model.res_scale.*`` | ``model.layers.{L-1}.post_mlp_residual_scale.*`` |
-| ``model.layers.i.attn.input_norm.weight`` | ``model.layers.i.input_layernorm.weight`` |
-| ``…attn.self_attn.qkv.linear_q/linear_k/val_proj1/val_proj2`` | ``…self_attn.qkv_proj.q_proj/k_proj/v_proj_current/v_proj_delayed`` |
-| ``…attn.self_attn.qkv.conv_qk.0/1`` | ``…self_attn.qkv_proj.conv_qk_depthwise/conv_qk_grouped`` |
-| ``…attn.self_attn.qkv.temp`` | ``…self_attn.qk_norm.temp`` |
-| ``…attn.self_attn.qkv.lora_linear_q/linear_k/val_proj1/val_proj2.0/1.weight`` | ``…self_attn.qkv_proj.vision_adapters.q/k/v_current/v_delayed.A/B`` |
-| ``…attn.self_attn.o_proj`` / ``lora_linear_o.0/1`` | ``…self_attn.o_proj`` / ``self_attn.vision_adapters.o.A/B`` |
-| ``model.layers.i.mlp.input_norm.weight`` | ``model.layers.i.post_attention_layernorm.weight`` |
-| ``model.layers.i.mlp.res_scale.*`` | ``model.layers.i.post_attention_residual_scale.*`` |
-| ``…mlp.zaya_block.router.{down_proj,router_states_scale,balancing_biases}`` | ``…mlp.gate.*`` |
-| ``…mlp.zaya_block.router.rmsnorm_eda / router_mlp.0 / .2 / .4`` | ``…mlp.gate.router_mlp.norm / fc1 / fc2 / out_proj`` |
-| ``…zaya_block.experts.local_experts.J.linear_fc1 / linear_fc2`` (stacked over J) | ``…mlp.experts.gate_up_proj / down_proj`` |
-| ``…local_experts.J.lora_fc1.0/1`` / ``lora_fc2.0/1`` (stacked over J) | ``…mlp.experts.vision_adapters.gate_up.A/B`` / ``down.A/B`` |
-| ``lm_head.weight`` | unchanged (absent when tied) |
+- ``native``: ours (upstream transformers' text ``zaya`` names + ``vision_tower.*`` + ``vision_adapters``).
+- ``zyphra``: Zyphra's original release and reference code (``Zyphra/transformers`` branch ``zaya1-vl``):
+  ``attn.``/``mlp.`` sub-layers, one ``local_experts.J`` per expert, LoRA as ``nn.Sequential`` pairs, and each
+  residual scale stored on the sub-layer *after* the merge it belongs to.
+- ``transformers``: the upstream transformers port (``model.language_model.*``, ``model.visual.*``, stacked expert
+  tensors, ``*_lora_a`` / ``*_lora_b``).
+
+A table is a tuple of :class:`KeyRule` (checkpoint pattern → native template), tried in order. Patterns use
+``{layer}`` and ``{expert}`` (integers), ``{name}`` (one dotted component) and ``{rest}`` (anything). Templates can
+also use ``{previous_layer}`` and ``{last_layer}``: the residual scale that the zyphra layout keeps on layer ``i``
+belongs to layer ``i - 1`` (and the model's final one to the last layer). A rule with ``{expert}`` stacks the
+per-expert tensors along a new first dimension. Renaming-only tables also run backwards, to save a layout.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
-_ATTN_RENAMES = (
-    ("self_attn.qkv.linear_q.", "self_attn.qkv_proj.q_proj."),
-    ("self_attn.qkv.linear_k.", "self_attn.qkv_proj.k_proj."),
-    ("self_attn.qkv.val_proj1.", "self_attn.qkv_proj.v_proj_current."),
-    ("self_attn.qkv.val_proj2.", "self_attn.qkv_proj.v_proj_delayed."),
-    ("self_attn.qkv.conv_qk.0.", "self_attn.qkv_proj.conv_qk_depthwise."),
-    ("self_attn.qkv.conv_qk.1.", "self_attn.qkv_proj.conv_qk_grouped."),
-    ("self_attn.qkv.temp", "self_attn.qk_norm.temp"),
-    ("self_attn.o_proj.", "self_attn.o_proj."),
-    ("input_norm.", "input_layernorm."),
-)
-_ATTN_ADAPTERS = {"linear_q": "q", "linear_k": "k", "val_proj1": "v_current", "val_proj2": "v_delayed"}
-_ROUTER_RENAMES = (
-    ("zaya_block.router.rmsnorm_eda.", "mlp.gate.router_mlp.norm."),
-    ("zaya_block.router.router_mlp.0.", "mlp.gate.router_mlp.fc1."),
-    ("zaya_block.router.router_mlp.2.", "mlp.gate.router_mlp.fc2."),
-    ("zaya_block.router.router_mlp.4.", "mlp.gate.router_mlp.out_proj."),
-    ("zaya_block.router.", "mlp.gate."),
-    ("input_norm.", "post_attention_layernorm."),
-    ("res_scale.", "post_attention_residual_scale."),
-)
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(attn|mlp)\.(.+)$")
-_EXPERT = re.compile(r"^zaya_block\.experts\.local_experts\.(\d+)\.(linear_fc1|linear_fc2|lora_fc1|lora_fc2)"
-                     r"(?:\.(\d))?\.weight$")
-_ADAPTER_FACTOR = {"0": "A", "1": "B"}
+_FIELDS = {"layer": r"(?P<layer>\d+)", "expert": r"(?P<expert>\d+)", "name": r"(?P<name>[A-Za-z0-9_]+)",
+           "rest": r"(?P<rest>.+)"}
 
 
-class ReferenceKeyError(KeyError):
+class LayoutKeyError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
 
-def _rename(rest: str, renames) -> str | None:
-    for old, new in renames:
-        if rest.startswith(old):
-            return new + rest[len(old):]
-    return None
+@dataclass(frozen=True)
+class KeyRule:
+    source: str
+    target: str
+
+    @cached_property
+    def pattern(self) -> re.Pattern:
+        parts = re.split(r"(\{\w+\})", self.source)
+        return re.compile("^" + "".join(_FIELDS[p[1:-1]] if p[1:-1] in _FIELDS else re.escape(p) for p in parts)
+                          + "$")
+
+    @property
+    def stacks_experts(self) -> bool:
+        return "{expert}" in self.source
+
+    @property
+    def invertible(self) -> bool:
+        return not any(f"{{{field}}}" in self.target for field in ("previous_layer", "last_layer")) \
+            and not self.stacks_experts
+
+    def apply(self, key: str, num_layers: int) -> tuple[str, int | None] | None:
+        """(native name, expert index or None), or None when the rule does not match ``key``."""
+        match = self.pattern.match(key)
+        if match is None:
+            return None
+        fields = match.groupdict()
+        layer = int(fields.get("layer") or 0)
+        target = self.target.format(**fields, previous_layer=layer - 1, last_layer=num_layers - 1)
+        expert = int(fields["expert"]) if "expert" in fields else None
+        return target, expert
 
 
-def native_key(key: str, num_layers: int) -> str | tuple[str, int]:
-    """The native name of a reference key, or (fused name, expert index) for a per-expert tensor."""
-    if key.startswith("vision_tower.") or key in ("model.embed_tokens.weight", "lm_head.weight", "lm_head.bias"):
-        return key
-    if key.startswith("model.final_norm."):
-        return "model.norm." + key[len("model.final_norm."):]
-    if key.startswith("model.res_scale."):
-        return f"model.layers.{num_layers - 1}.post_mlp_residual_scale." + key[len("model.res_scale."):]
-    match = _LAYER.match(key)
-    if match is None:
-        raise ReferenceKeyError(f"unexpected key in the reference checkpoint: {key}")
-    layer, part, rest = int(match.group(1)), match.group(2), match.group(3)
-    prefix = f"model.layers.{layer}."
-    if part == "attn":
-        if rest.startswith("res_scale."):
-            leaf = rest[len("res_scale."):]
-            if layer == 0:
-                return "model.input_" + leaf
-            return f"model.layers.{layer - 1}.post_mlp_residual_scale.{leaf}"
-        adapter = re.match(r"^self_attn\.(?:qkv\.)?lora_(\w+?)\.(\d)\.weight$", rest)
-        if adapter:
-            proj, factor = adapter.group(1), _ADAPTER_FACTOR[adapter.group(2)]
-            if proj == "linear_o":
-                return f"{prefix}self_attn.vision_adapters.o.{factor}"
-            return f"{prefix}self_attn.qkv_proj.vision_adapters.{_ATTN_ADAPTERS[proj]}.{factor}"
-        renamed = _rename(rest, _ATTN_RENAMES)
-    else:
-        expert = _EXPERT.match(rest)
-        if expert:
-            index, name, factor = int(expert.group(1)), expert.group(2), expert.group(3)
-            fused = {"linear_fc1": "gate_up_proj", "linear_fc2": "down_proj",
-                     "lora_fc1": "vision_adapters.gate_up", "lora_fc2": "vision_adapters.down"}[name]
-            leaf = f".{_ADAPTER_FACTOR[factor]}" if name.startswith("lora_") else ""
-            return f"{prefix}mlp.experts.{fused}{leaf}", index
-        renamed = _rename(rest, _ROUTER_RENAMES)
-    if renamed is None:
-        raise ReferenceKeyError(f"unexpected key in the reference checkpoint: {key}")
-    return prefix + renamed
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    rules: tuple[KeyRule, ...]
+    # A regex that some key of a checkpoint in this layout (and none in ours) matches; native is the fallback.
+    marker: str | None = None
+
+    def native_name(self, key: str, num_layers: int) -> tuple[str, int | None]:
+        for rule in self.rules:
+            found = rule.apply(key, num_layers)
+            if found is not None:
+                return found
+        raise LayoutKeyError(f"{key}: no rule of the {self.name!r} layout maps this key")
+
+    def checkpoint_name(self, native: str) -> str:
+        """The inverse of :meth:`native_name` for renaming-only layouts (used to save in this layout)."""
+        for rule in self.rules:
+            if not rule.invertible:
+                raise ValueError(f"The {self.name!r} layout cannot be written (its keys are not plain renames).")
+            found = KeyRule(rule.target, rule.source).apply(native, 0)
+            if found is not None:
+                return found[0]
+        raise LayoutKeyError(f"{native}: no rule of the {self.name!r} layout writes this key")
 
 
-def convert_reference_state_dict(state_dict: dict[str, torch.Tensor], num_layers: int,
-                                 num_experts: int) -> dict[str, torch.Tensor]:
-    """Rename every reference key and stack per-expert tensors into the fused expert tensors."""
-    converted: dict[str, torch.Tensor] = {}
-    experts: dict[str, dict[int, torch.Tensor]] = {}
-    for key, tensor in state_dict.items():
-        target = native_key(key, num_layers)
-        if isinstance(target, tuple):
-            name, index = target
-            experts.setdefault(name, {})[index] = tensor
-        else:
-            if target in converted:
-                raise ReferenceKeyError(f"two reference keys map to {target} (second: {key})")
-            converted[target] = tensor
-    for name, by_index in experts.items():
-        missing = sorted(set(range(num_experts)) - set(by_index))
-        extra = sorted(set(by_index) - set(range(num_experts)))
-        if missing or extra:
-            raise ReferenceKeyError(f"{name}: expected experts 0..{num_experts - 1}; "
-                                    f"missing {missing}, unexpected {extra}")
-        converted[name] = torch.stack([by_index[i] for i in range(num_experts)])
-    return converted
+NATIVE = Layout("native", (KeyRule("{rest}", "{rest}"),))
+
+_Z = "model.layers.{layer}"
+_ZYPHRA_ATTN_LORA = {"linear_q": "q", "linear_k": "k", "val_proj1": "v_current", "val_proj2": "v_delayed"}
+ZYPHRA = Layout("zyphra", marker=r"^model\.layers\.\d+\.attn\.", rules=(
+    KeyRule("vision_tower.{rest}", "vision_tower.{rest}"),
+    KeyRule("model.embed_tokens.{rest}", "model.embed_tokens.{rest}"),
+    KeyRule("lm_head.{rest}", "lm_head.{rest}"),
+    KeyRule("model.final_norm.{rest}", "model.norm.{rest}"),
+    KeyRule("model.res_scale.{name}", "model.layers.{last_layer}.post_mlp_residual_scale.{name}"),
+    KeyRule("model.layers.0.attn.res_scale.{name}", "model.input_{name}"),
+    KeyRule(f"{_Z}.attn.res_scale.{{name}}", "model.layers.{previous_layer}.post_mlp_residual_scale.{name}"),
+    KeyRule(f"{_Z}.attn.input_norm.{{rest}}", f"{_Z}.input_layernorm.{{rest}}"),
+    *(KeyRule(f"{_Z}.attn.self_attn.qkv.lora_{theirs}.{i}.weight",
+              f"{_Z}.self_attn.qkv_proj.vision_adapters.{ours}.{factor}")
+      for theirs, ours in _ZYPHRA_ATTN_LORA.items() for i, factor in ((0, "A"), (1, "B"))),
+    *(KeyRule(f"{_Z}.attn.self_attn.lora_linear_o.{i}.weight", f"{_Z}.self_attn.vision_adapters.o.{factor}")
+      for i, factor in ((0, "A"), (1, "B"))),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.linear_q.{{rest}}", f"{_Z}.self_attn.qkv_proj.q_proj.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.linear_k.{{rest}}", f"{_Z}.self_attn.qkv_proj.k_proj.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.val_proj1.{{rest}}", f"{_Z}.self_attn.qkv_proj.v_proj_current.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.val_proj2.{{rest}}", f"{_Z}.self_attn.qkv_proj.v_proj_delayed.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.conv_qk.0.{{rest}}", f"{_Z}.self_attn.qkv_proj.conv_qk_depthwise.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.conv_qk.1.{{rest}}", f"{_Z}.self_attn.qkv_proj.conv_qk_grouped.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.temp", f"{_Z}.self_attn.qk_norm.temp"),
+    KeyRule(f"{_Z}.attn.self_attn.o_proj.{{rest}}", f"{_Z}.self_attn.o_proj.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.input_norm.{{rest}}", f"{_Z}.post_attention_layernorm.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.res_scale.{{name}}", f"{_Z}.post_attention_residual_scale.{{name}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.router.rmsnorm_eda.{{rest}}", f"{_Z}.mlp.gate.router_mlp.norm.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.router.router_mlp.0.{{rest}}", f"{_Z}.mlp.gate.router_mlp.fc1.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.router.router_mlp.2.{{rest}}", f"{_Z}.mlp.gate.router_mlp.fc2.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.router.router_mlp.4.{{rest}}", f"{_Z}.mlp.gate.router_mlp.out_proj.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.router.{{rest}}", f"{_Z}.mlp.gate.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.experts.local_experts.{{expert}}.linear_fc1.weight", f"{_Z}.mlp.experts.gate_up_proj"),
+    KeyRule(f"{_Z}.mlp.zaya_block.experts.local_experts.{{expert}}.linear_fc2.weight", f"{_Z}.mlp.experts.down_proj"),
+    *(KeyRule(f"{_Z}.mlp.zaya_block.experts.local_experts.{{expert}}.lora_{fc}.{i}.weight",
+              f"{_Z}.mlp.experts.vision_adapters.{ours}.{factor}")
+      for fc, ours in (("fc1", "gate_up"), ("fc2", "down")) for i, factor in ((0, "A"), (1, "B"))),
+))
+
+_T = "model.language_model.layers.{layer}"
+_N = "model.layers.{layer}"
+TRANSFORMERS = Layout("transformers", marker=r"^model\.language_model\.", rules=(
+    KeyRule("model.visual.{rest}", "vision_tower.{rest}"),
+    KeyRule("lm_head.{rest}", "lm_head.{rest}"),
+    KeyRule("model.language_model.final_norm.{rest}", "model.norm.{rest}"),
+    KeyRule(f"{_T}.mlp.gate.router_mlp.rmsnorm_eda.{{rest}}", f"{_N}.mlp.gate.router_mlp.norm.{{rest}}"),
+    *(KeyRule(f"{_T}.self_attn.qkv_proj.{proj}_lora_{side}.weight",
+              f"{_N}.self_attn.qkv_proj.vision_adapters.{proj}.{side.upper()}")
+      for proj in ("q", "k", "v_current", "v_delayed") for side in ("a", "b")),
+    *(KeyRule(f"{_T}.self_attn.o_lora_{side}.weight", f"{_N}.self_attn.vision_adapters.o.{side.upper()}")
+      for side in ("a", "b")),
+    *(KeyRule(f"{_T}.mlp.experts.lora_{proj}_proj_{side}", f"{_N}.mlp.experts.vision_adapters.{proj}.{side.upper()}")
+      for proj in ("gate_up", "down") for side in ("a", "b")),
+    KeyRule("model.language_model.{rest}", "model.{rest}"),
+))
+
+LAYOUTS = {layout.name: layout for layout in (NATIVE, ZYPHRA, TRANSFORMERS)}
 
 
-__all__ = ["ReferenceKeyError", "convert_reference_state_dict", "native_key"]
+def detect_layout(keys: Iterable[str]) -> Layout:
+    """The layout whose marker the checkpoint's keys carry (native when none does)."""
+    keys = list(keys)
+    for layout in (TRANSFORMERS, ZYPHRA):
+        if any(re.match(layout.marker, key) for key in keys):
+            return layout
+    return NATIVE
+
+
+def unmapped_keys(layout: Layout, keys: Iterable[str], num_layers: int, limit: int = 3) -> list[str]:
+    """The first keys ``layout`` cannot map (for error messages that say why no layout fits)."""
+    missed = []
+    for key in keys:
+        try:
+            layout.native_name(key, num_layers)
+        except LayoutKeyError:
+            missed.append(key)
+            if len(missed) == limit:
+                break
+    return missed
+
+
+def to_native(tensors: Iterable[tuple[str, torch.Tensor]], layout: Layout, num_layers: int,
+              num_experts: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Walk a checkpoint's ``(name, tensor)`` stream and yield native ``(name, tensor)`` pairs.
+
+    Renamed tensors pass straight through; per-expert tensors wait only until their last expert arrives, are
+    stacked and released, so no second copy of the checkpoint is ever held.
+    """
+    pending: dict[str, dict[int, torch.Tensor]] = {}
+    seen: set[str] = set()
+    for key, tensor in tensors:
+        target, expert = layout.native_name(key, num_layers)
+        if expert is None:
+            if target in seen:
+                raise LayoutKeyError(f"{key}: a second checkpoint key maps to {target}")
+            seen.add(target)
+            yield target, tensor
+            continue
+        if not 0 <= expert < num_experts:
+            raise LayoutKeyError(f"{key}: expert {expert} does not exist (the config has {num_experts} experts)")
+        group = pending.setdefault(target, {})
+        if expert in group:
+            raise LayoutKeyError(f"{key}: expert {expert} of {target} appears twice")
+        group[expert] = tensor
+        if len(group) == num_experts:
+            del pending[target]
+            seen.add(target)
+            yield target, torch.stack([group.pop(index) for index in range(num_experts)])
+    for target, group in pending.items():
+        missing = sorted(set(range(num_experts)) - set(group))
+        raise LayoutKeyError(f"{target}: the checkpoint has no tensors for experts {missing}")
+
+
+def from_native(state_dict: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
+    """The same tensors under ``layout``'s names (for saving)."""
+    return {layout.checkpoint_name(key): tensor for key, tensor in state_dict.items()}
+
+
+__all__ = ["KeyRule", "LAYOUTS", "Layout", "LayoutKeyError", "NATIVE", "TRANSFORMERS", "ZYPHRA",
+           "detect_layout", "from_native", "to_native", "unmapped_keys"]

@@ -2,10 +2,11 @@
 
 Data flows one way: pixel values → vision tower (windowed ViT + 2×2 patch merger to the LM width) → image
 embeddings scattered into the token embeddings at the image-token positions → the ZAYA1 decoder with the image
-mask (vision LoRA on image tokens; image spans attend bidirectionally within themselves by default) → logits.
+mask (vision LoRA on image tokens; image tokens attend to each other as ``config.image_attention`` says) → logits.
 
-``from_pretrained`` reads our native layout and Zyphra's reference layout (``model_type: zaya1_vl``, converted
-through the table in ``zaya_vl.conversion``); ``save_pretrained`` writes the native layout.
+``from_pretrained`` reads three layouts (ours, Zyphra's original release, the upstream transformers port), each
+converted through its key table in ``zaya_vl.conversion``; ``save_pretrained`` writes ours, or the port's with
+``layout="transformers"``.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from zaya_vl.configuration import ReferenceZayaVLConfig, ZayaVLConfig
-from zaya_vl.conversion import convert_reference_state_dict
+from zaya_vl.configuration import ReferenceZayaVLConfig, ZayaVLConfig, port_config_dict
+from zaya_vl.conversion import (NATIVE, TRANSFORMERS, ZYPHRA, LayoutKeyError, detect_layout, to_native,
+                                unmapped_keys)
 from zaya_vl.lm.cache import ZayaCache
 from zaya_vl.lm.generation import ZayaGenerationMixin
 from zaya_vl.lm.modeling import ZayaLMModel
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
+from zaya_vl.weights import checkpoint_keys, iter_checkpoint_tensors
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
@@ -134,11 +137,14 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if input_ids is not None:
-            image_mask = input_ids == self.config.image_token_id
             inputs_embeds = self.model.embed_tokens(input_ids)
+            # Vision LoRA and image attention apply where image features are placed, i.e. only in the forward that
+            # receives the pixels: a generated token that happens to equal the image token is text.
+            image_mask = input_ids == self.config.image_token_id if pixel_values is not None else None
             starting = cache is None or cache.get_seq_length() == 0
-            if pixel_values is None and starting and bool(image_mask.any()):
-                raise ValueError(f"The input has {int(image_mask.sum())} image tokens but no pixel_values.")
+            if pixel_values is None and starting and bool((input_ids == self.config.image_token_id).any()):
+                count = int((input_ids == self.config.image_token_id).sum())
+                raise ValueError(f"The input has {count} image tokens but no pixel_values.")
         if image_mask is not None:
             inputs_embeds = self._merge_images(input_ids, inputs_embeds, pixel_values, image_grid_thw, image_mask)
         outputs = self.model(
@@ -152,40 +158,97 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
             result["cell_loss"] = self.cell_loss(inputs_embeds, cell_labels)
         return result
 
-    # -- loading ---------------------------------------------------------------------------------------
+    # -- loading and saving ----------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
-        """Load the native layout, or Zyphra's reference layout (converted on the fly). Config fields can be
-        overridden as keyword arguments, e.g. ``image_attention="causal"`` to reproduce the reference."""
-        if isinstance(config, ReferenceZayaVLConfig) or (
-                config is None and _model_type(pretrained_model_name_or_path, kwargs) == "zaya1_vl"):
-            return cls._from_reference(pretrained_model_name_or_path, config, *args, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+        """Load a checkpoint in any of the three layouts (``zaya_vl.conversion``): ours, Zyphra's original
+        release, or the upstream transformers port, chosen by the tensor names the checkpoint holds. Config
+        fields can be overridden as keyword arguments, e.g. ``image_attention="causal"``."""
+        path = pretrained_model_name_or_path
+        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        keys = checkpoint_keys(path, **hub_kwargs) if path is not None else None
+        layout = detect_layout(keys) if keys is not None else NATIVE
+        if config is None and path is not None and _model_type(path, kwargs) == ReferenceZayaVLConfig.model_type:
+            config = ReferenceZayaVLConfig.from_pretrained(path, **hub_kwargs)
+        if layout is NATIVE and not isinstance(config, ReferenceZayaVLConfig):
+            model = super().from_pretrained(path, *args, config=config, **kwargs)
+        else:
+            model = cls._from_converted(path, layout, keys, config, *args, **kwargs)
+        if path is not None:
+            generation_config = _read_generation_config(path, hub_kwargs)
+            if generation_config is not None:
+                model.generation_config = generation_config
+        return model
 
     @classmethod
-    def _from_reference(cls, path, config, *args, **kwargs):
+    def _from_converted(cls, path, layout, keys, config, *args, **kwargs):
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-        reference = config or ReferenceZayaVLConfig.from_pretrained(path, **hub_kwargs)
+        if not isinstance(config, ReferenceZayaVLConfig):
+            raise ValueError(f"{path}: the tensors are in the {layout.name!r} layout but config.json is not a "
+                             "zaya1_vl config; the two must come from the same release.")
+        if config.layout != layout.name:
+            raise ValueError(f"{path}: config.json is in the {config.layout!r} layout but the tensors are in the "
+                             f"{layout.name!r} layout; the two must come from the same release.")
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in ZayaVLConfig.__dataclass_fields__}
-        native = reference.to_native(**overrides)
-        from zaya_vl.weights import load_state_dict
-
-        state_dict = convert_reference_state_dict(
-            load_state_dict(path, **hub_kwargs), native.text_config.num_hidden_layers,
-            native.text_config.num_experts)
+        native = config.to_native(**overrides)
+        text = native.text_config
+        _raise_if_unmapped(path, keys, text.num_hidden_layers)
+        state_dict = dict(to_native(iter_checkpoint_tensors(path, **hub_kwargs), layout, text.num_hidden_layers,
+                                    text.num_experts))
         for key in _HUB_KWARGS:
             kwargs.pop(key, None)
         return super().from_pretrained(None, *args, config=native, state_dict=state_dict, **kwargs)
 
+    def save_pretrained(self, save_directory, *args, layout: str = "native", **kwargs):
+        """Save in our layout (the default), or with ``layout="transformers"`` in the upstream transformers port's
+        layout, which ``Zaya1VLForConditionalGeneration.from_pretrained`` reads."""
+        if layout == "native":
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        if layout != "transformers":
+            raise ValueError(f"layout={layout!r}; expected 'native' or 'transformers' (the Zyphra layout is read-only).")
+        from zaya_vl.checkpoint_writer import save_in_layout
+
+        save_in_layout(self, save_directory, TRANSFORMERS, port_config_dict(self.config), **kwargs)
+
 
 class ReferenceLayoutZayaVL(ZayaVL):
-    """What the Auto classes map a reference (``zaya1_vl``) config to: it loads and returns a native ``ZayaVL``."""
+    """What the Auto classes map a ``zaya1_vl`` config to: it loads and returns a native ``ZayaVL``."""
 
     config_class = ReferenceZayaVLConfig
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         return ZayaVL.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+def _raise_if_unmapped(path, keys, num_layers: int) -> None:
+    """Every checkpoint key must map under its layout; otherwise say, per layout, which keys did not."""
+    layout = detect_layout(keys)
+    if not unmapped_keys(layout, keys, num_layers):
+        return
+    report = "; ".join(f"{candidate.name}: {', '.join(unmapped_keys(candidate, keys, num_layers)) or 'all map'}"
+                       for candidate in (ZYPHRA, TRANSFORMERS))
+    raise LayoutKeyError(f"{path}: the checkpoint matches no known layout. First keys each layout cannot map: "
+                         f"{report}.")
+
+
+def _read_generation_config(path, hub_kwargs) -> GenerationConfig | None:
+    """The checkpoint's generation_config.json (extra EOS ids, sampling defaults), or None when it has none.
+    An unreadable file is an error, not a silent fallback to defaults."""
+    from transformers.utils import cached_file
+
+    file = os.path.join(path, "generation_config.json") if os.path.isdir(str(path)) else cached_file(
+        path, "generation_config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    if file is None or not os.path.isfile(file):
+        return None
+    try:
+        with open(file, encoding="utf-8") as f:
+            values = json.load(f)
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        return GenerationConfig.from_dict(values)
+    except (ValueError, UnicodeDecodeError, TypeError) as error:
+        raise ValueError(f"{file}: invalid generation config ({error}).") from None
 
 
 def _model_type(path, kwargs) -> str | None:

@@ -1,11 +1,23 @@
-"""ZayaVLProcessor: Qwen2-VL image processor + Gemma-style tokenizer + chat template (DESIGN §4).
+"""ZayaVLProcessor: Qwen2-VL image processor + Gemma-style tokenizer + chat template.
 
-Text writes each image as the placeholder ``<image>``. The processor loads the images (``zaya_vl.vision.load_image``,
-so a bad image fails with a message naming it), turns them into Qwen2.5-VL patches, and replaces the i-th placeholder
-with ``<start_of_image>`` + N × ``<image_soft_token>`` + ``<end_of_image>``, N = t·h·w / merge² for the i-th image's
-patch grid. The model embeds the N soft tokens from the vision tower and treats the whole span as one image.
+Text writes each image as a placeholder. The processor loads the images (``zaya_vl.vision.load_image``, so a bad
+image fails with a message naming it), turns them into Qwen2.5-VL patches, and replaces the i-th placeholder with the
+i-th image's tokens, N = t·h·w / merge² image tokens for its patch grid. Two expansions exist (``image_expansion``):
 
-Decisions (each is tested in tests/zaya_vl/test_processing.py):
+- ``"span"`` (ours, the default for processors this package builds and saves): the placeholder ``<image>`` becomes
+  ``<start_of_image>`` + N × ``<image_soft_token>`` + ``<end_of_image>``; every sequence gets exactly one ``<bos>``.
+- ``"repeat"`` (Zyphra's reference processor and the upstream transformers port, ``Zaya1VLProcessor``): the
+  placeholder is the image token itself (``tokenizer.image_token``, else ``"<image>"``) and becomes N copies of it;
+  the processor adds no start/end tokens (a chat template may write them) and tokenizes with the tokenizer's own
+  ``add_special_tokens`` default, so its ids match the reference's token for token. The image token id must equal
+  the checkpoint config's ``image_token_id``, which is what the model looks for.
+
+``from_pretrained`` picks the mode from the folder: a processor saved by this package records its mode (and
+``processor_class: ZayaVLProcessor``); any other folder (a released checkpoint, one converted for the port, one
+with only ``preprocessor_config.json`` and tokenizer files) gets ``"repeat"``, with the ids from its ``config.json``.
+
+Decisions for ``"span"`` (each is tested in tests/zaya_vl/test_processing.py; ``"repeat"`` is tested against the
+port's own outputs in tests/zaya_vl/test_port_processor.py):
 - **bos**: every sequence starts with exactly one ``<bos>``. Text that does not start with it gets it prepended and
   all text is tokenized with ``add_special_tokens=False``, so chat-templated text (which starts with ``<bos>``) never
   gets a second one and the result does not depend on whether the tokenizer's post-processor adds ``<bos>`` (Gemma 3's
@@ -15,7 +27,9 @@ Decisions (each is tested in tests/zaya_vl/test_processing.py):
   processor as ``size={"shortest_edge": min_pixels, "longest_edge": max_pixels}`` (pixel counts despite the names);
   that is what ``save_pretrained`` writes. Pass ``min_pixels=`` / ``max_pixels=`` to ``__call__``,
   ``num_image_tokens`` or ``build_tiny_processor``; the processor maps them to ``size``.
-- **padding**: ``padding=True`` and ``padding_side="left"`` by default (batched generation appends on the right).
+- **padding**: ``padding=True`` and ``padding_side="left"`` by default in both modes (batched generation appends on
+  the right; the reference processors default to ``padding=False``, which only differs for batches of unequal
+  lengths, where theirs cannot return tensors).
 - **chat template**: transformers' ``ProcessorMixin.apply_chat_template`` is used as is. It calls this processor with
   ``return_offsets_mapping`` / ``return_text_replacement_offsets`` when ``return_assistant_tokens_mask=True``, and we
   return the placeholder → expansion offsets in its format, so ``assistant_masks`` are right after image expansion.
@@ -23,11 +37,13 @@ Decisions (each is tested in tests/zaya_vl/test_processing.py):
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import AutoProcessor, BatchFeature
+from transformers.utils import cached_file
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 from transformers.processing_utils import ProcessorMixin
 
@@ -39,8 +55,9 @@ from zaya_vl.vision import load_image, load_images
 class ImageTokenCount:
     """What one image costs in the sequence.
 
-    ``image_tokens``: the N ``<image_soft_token>`` positions the vision tower fills (grid t·h·w / merge²).
-    ``span_tokens``: N + 2, the whole span in ``input_ids`` including ``<start_of_image>`` and ``<end_of_image>``.
+    ``image_tokens``: the N image-token positions the vision tower fills (grid t·h·w / merge²).
+    ``span_tokens``: what the image takes in ``input_ids``: N + 2 with ``"span"`` expansion (``<start_of_image>`` and
+    ``<end_of_image>`` included), N with ``"repeat"``.
     ``grid_thw``: the patch grid (rows of ``pixel_values`` = t·h·w). ``resized_hw``: pixels after ``smart_resize``.
     """
 
@@ -55,25 +72,51 @@ class ZayaVLProcessor(ProcessorMixin):
 
     Args:
         image_processor: a Qwen2-VL image processor (``Qwen2VLImageProcessorPil`` works without torchvision).
-        tokenizer: the tokenizer; must know ``image_token``, ``vision_start_token`` and ``vision_end_token``.
+        tokenizer: the tokenizer; with ``"span"`` expansion it must know ``image_token``, ``vision_start_token`` and
+            ``vision_end_token``, with ``"repeat"`` the image token.
         chat_template: defaults to the tokenizer's.
-        image_placeholder: what marks an image in the text (``"<image>"``, as the chat template writes it).
-        image_token / vision_start_token / vision_end_token: the tokens of an expanded image span.
+        image_placeholder: what marks an image in the text (``"span"``: ``"<image>"``, as our chat template writes it;
+            ``"repeat"``: the image token itself).
+        image_token / vision_start_token / vision_end_token: the tokens of an expanded image (``"repeat"`` uses only
+            the first, by default ``tokenizer.image_token`` or ``"<image>"``).
+        image_expansion: ``"span"`` (ours) or ``"repeat"`` (the reference processors'); see the module docstring.
+        image_token_id: with ``"repeat"``, the checkpoint config's ``image_token_id``; the image token must have it.
     """
+
+    EXPANSIONS = ("span", "repeat")
 
     def __init__(
         self,
         image_processor=None,
         tokenizer=None,
         chat_template=None,
-        image_placeholder: str = IMAGE_PLACEHOLDER,
-        image_token: str = IMAGE_TOKEN,
-        vision_start_token: str = VISION_START_TOKEN,
-        vision_end_token: str = VISION_END_TOKEN,
+        image_placeholder: str | None = None,
+        image_token: str | None = None,
+        vision_start_token: str | None = None,
+        vision_end_token: str | None = None,
+        image_expansion: str = "span",
+        image_token_id: int | None = None,
         **kwargs,
     ):
         # Positional-or-keyword, not keyword-only: ProcessorMixin.from_args_and_dict only passes saved config
         # values to parameters it finds in __init__'s positional signature.
+        if image_expansion not in self.EXPANSIONS:
+            raise ValueError(f"image_expansion must be one of {self.EXPANSIONS}, got {image_expansion!r}")
+        self.image_expansion = image_expansion
+        if image_expansion == "repeat":
+            self._init_repeat(tokenizer, image_placeholder, image_token, vision_start_token, vision_end_token,
+                              image_token_id)
+        else:
+            self._init_span(tokenizer, image_placeholder or IMAGE_PLACEHOLDER, image_token or IMAGE_TOKEN,
+                            vision_start_token or VISION_START_TOKEN, vision_end_token or VISION_END_TOKEN)
+            if image_token_id is not None and self.image_token_id is not None and image_token_id != self.image_token_id:
+                raise ValueError(f"image_token_id {image_token_id} disagrees with the tokenizer's id "
+                                 f"{self.image_token_id} for {self.image_token!r}")
+        if chat_template is None and tokenizer is not None:
+            chat_template = getattr(tokenizer, "chat_template", None)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    def _init_span(self, tokenizer, image_placeholder, image_token, vision_start_token, vision_end_token) -> None:
         span_tokens = (image_token, vision_start_token, vision_end_token)
         if any(image_placeholder in token or token in image_placeholder for token in span_tokens):
             raise ValueError(f"image_placeholder {image_placeholder!r} must differ from (and not overlap) the span "
@@ -82,6 +125,7 @@ class ZayaVLProcessor(ProcessorMixin):
         self.image_token = image_token
         self.vision_start_token = vision_start_token
         self.vision_end_token = vision_end_token
+        self.image_token_id = self.vision_start_token_id = self.vision_end_token_id = None
         if tokenizer is not None:
             vocab = tokenizer.get_vocab()
             missing = [token for token in span_tokens if token not in vocab]
@@ -91,9 +135,44 @@ class ZayaVLProcessor(ProcessorMixin):
             self.image_token_id = vocab[image_token]
             self.vision_start_token_id = vocab[vision_start_token]
             self.vision_end_token_id = vocab[vision_end_token]
-        if chat_template is None and tokenizer is not None:
-            chat_template = getattr(tokenizer, "chat_template", None)
-        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    def _init_repeat(self, tokenizer, image_placeholder, image_token, vision_start_token, vision_end_token,
+                     config_image_token_id) -> None:
+        # As Zaya1VLProcessor: the tokenizer's declared image token, else the literal "<image>".
+        image_token = image_token or getattr(tokenizer, "image_token", None) or IMAGE_PLACEHOLDER
+        if image_placeholder is not None and image_placeholder != image_token:
+            raise ValueError(f"with image_expansion='repeat' the placeholder is the image token itself "
+                             f"({image_token!r}), not {image_placeholder!r}")
+        self.image_placeholder = self.image_token = image_token
+        self.vision_start_token, self.vision_end_token = vision_start_token, vision_end_token
+        self.image_token_id = config_image_token_id
+        self.vision_start_token_id = self.vision_end_token_id = None
+        if tokenizer is None:
+            return
+        vocab = tokenizer.get_vocab()
+        if image_token not in vocab:
+            raise ValueError(f"the tokenizer has no token for the image token {image_token!r}")
+        if config_image_token_id is not None and vocab[image_token] != config_image_token_id:
+            raise ValueError(f"the tokenizer's image token {image_token!r} has id {vocab[image_token]} but the "
+                             f"checkpoint config's image_token_id is {config_image_token_id}: the model would not "
+                             "find the image tokens this processor writes")
+        self.image_token_id = vocab[image_token]
+        for name in ("vision_start", "vision_end"):
+            token = getattr(self, f"{name}_token")
+            setattr(self, f"{name}_token_id", vocab.get(token) if token is not None else None)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a processor; a folder this package did not save gets the reference (``"repeat"``) expansion.
+
+        Our saved processors record ``image_expansion`` in ``processor_config.json``. Any other folder is read as the
+        reference processors read it, with ``image_token_id`` from its ``config.json`` (when it has one).
+        """
+        if "image_expansion" not in kwargs and not _saved_by_us(pretrained_model_name_or_path, kwargs):
+            kwargs["image_expansion"] = "repeat"
+            if "image_token_id" not in kwargs:
+                kwargs["image_token_id"] = _config_image_token_id(pretrained_model_name_or_path, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ pixel budget
 
@@ -133,7 +212,8 @@ class ZayaVLProcessor(ProcessorMixin):
                                             min_pixels=min_pixels, max_pixels=max_pixels)
         grid = (1, resized_h // patch_size, resized_w // patch_size)  # a still image is one temporal patch
         image_tokens = grid[0] * grid[1] * grid[2] // self.merge_size**2
-        return ImageTokenCount(image_tokens, image_tokens + 2, grid, (resized_h, resized_w))
+        span_tokens = image_tokens + 2 if self.image_expansion == "span" else image_tokens
+        return ImageTokenCount(image_tokens, span_tokens, grid, (resized_h, resized_w))
 
     # ------------------------------------------------------------------ __call__
 
@@ -177,11 +257,16 @@ class ZayaVLProcessor(ProcessorMixin):
             tokens_per_image = [int(t * h * w) // self.merge_size**2 for t, h, w in data["image_grid_thw"]]
 
         if texts is not None:
-            if text_kwargs.pop("add_special_tokens", None) is not False:
-                bos = self.tokenizer.bos_token
-                texts = [sample if bos is None or sample.startswith(bos) else bos + sample for sample in texts]
-            texts, replacement_offsets = self._expand_placeholders(texts, tokens_per_image)
-            encoding = self.tokenizer(texts, add_special_tokens=False, **text_kwargs)
+            if self.image_expansion == "repeat":
+                # The reference tokenizes with the tokenizer's own add_special_tokens default.
+                texts, replacement_offsets = self._expand_placeholders(texts, tokens_per_image)
+                encoding = self.tokenizer(texts, **text_kwargs)
+            else:
+                if text_kwargs.pop("add_special_tokens", None) is not False:
+                    bos = self.tokenizer.bos_token
+                    texts = [sample if bos is None or sample.startswith(bos) else bos + sample for sample in texts]
+                texts, replacement_offsets = self._expand_placeholders(texts, tokens_per_image)
+                encoding = self.tokenizer(texts, add_special_tokens=False, **text_kwargs)
             self._check_spans_intact(encoding["input_ids"], replacement_offsets, text_kwargs)
             data.update(encoding)
             if merged["return_text_replacement_offsets"]:
@@ -200,8 +285,11 @@ class ZayaVLProcessor(ProcessorMixin):
         if texts is None:
             return None if images is None else [list(sample) for sample in images] if nested else [list(images)]
 
+        # With "repeat" expansion the placeholder is the image token, and start/end tokens are the template's.
+        already_expanded = (self.image_token, self.vision_start_token, self.vision_end_token) \
+            if self.image_expansion == "span" else ()
         for index, sample in enumerate(texts):
-            for token in (self.image_token, self.vision_start_token, self.vision_end_token):
+            for token in already_expanded:
                 if token in sample:
                     raise ValueError(
                         f"sample {index}: the text already contains {token!r} ({sample.count(token)}x); write each "
@@ -251,8 +339,9 @@ class ZayaVLProcessor(ProcessorMixin):
             pieces, sample_offsets, last, gained = [], [], 0, 0
             for match in pattern.finditer(sample):
                 start, end = match.span()
-                span = (self.vision_start_token + self.image_token * tokens_per_image[image_index]
-                        + self.vision_end_token)
+                span = self.image_token * tokens_per_image[image_index]
+                if self.image_expansion == "span":
+                    span = self.vision_start_token + span + self.vision_end_token
                 image_index += 1
                 pieces += [sample[last:start], span]
                 sample_offsets.append({"type": "image", "span": (start, end),
@@ -271,7 +360,10 @@ class ZayaVLProcessor(ProcessorMixin):
             expected = sum(entry["replacement"].count(self.image_token) for entry in sample_offsets)
             ids = list(ids)
             found = ids.count(self.image_token_id)
-            starts, ends = ids.count(self.vision_start_token_id), ids.count(self.vision_end_token_id)
+            if self.image_expansion == "repeat":  # start/end tokens, if any, are the chat template's
+                starts = ends = len(sample_offsets)
+            else:
+                starts, ends = ids.count(self.vision_start_token_id), ids.count(self.vision_end_token_id)
             if found != expected or starts != len(sample_offsets) or ends != len(sample_offsets):
                 hint = (f" — truncation (max_length={text_kwargs.get('max_length')}) cut an image span"
                         if text_kwargs.get("truncation") else " — the tokenizer does not keep the image tokens whole")
@@ -298,11 +390,55 @@ class ZayaVLProcessor(ProcessorMixin):
         return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
 
 
+def _hub_kwargs(kwargs: dict) -> dict:
+    keys = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder")
+    return {key: kwargs[key] for key in keys if key in kwargs}
+
+
+def _read_json(path_or_repo, filename: str, kwargs: dict) -> dict | None:
+    resolved = cached_file(path_or_repo, filename, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, **_hub_kwargs(kwargs))
+    if resolved is None:
+        return None
+    try:
+        with open(resolved, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{resolved} is not valid JSON ({error})") from error
+
+
+def _saved_by_us(path_or_repo, kwargs: dict) -> bool:
+    """Only this package writes ``image_expansion``; processors saved before it existed were all ``"span"`` ones and
+    recorded ``processor_class: ZayaVLProcessor``."""
+    saved = _read_json(path_or_repo, "processor_config.json", kwargs)
+    return saved is not None and ("image_expansion" in saved or saved.get("processor_class") == "ZayaVLProcessor")
+
+
+def _config_image_token_id(path_or_repo, kwargs: dict) -> int | None:
+    config = _read_json(path_or_repo, "config.json", kwargs) or {}
+    value = config.get("image_token_id")
+    return int(value) if value is not None else None
+
+
+class Zaya1VLProcessor(ZayaVLProcessor):
+    """ZayaVLProcessor under the name the reference folders record (``processor_class: Zaya1VLProcessor``, written
+    by the transformers port's converter and ``save_pretrained``).
+
+    ``AutoProcessor`` resolves a recorded class name before it looks at the model type, and transformers has no class
+    of that name yet, so this alias is what lets ``AutoProcessor.from_pretrained(<port folder>)`` return our processor.
+    Loading works as for ZayaVLProcessor (``"repeat"`` expansion for folders this package did not save).
+    """
+
+
 def register_processor() -> None:
-    """Let ``AutoProcessor`` find ZayaVLProcessor for ``zaya_vl`` checkpoints; safe to call more than once."""
-    from zaya_vl.configuration import ZayaVLConfig
+    """Let ``AutoProcessor`` find our processor for ``zaya_vl`` checkpoints and for ``zaya1_vl`` ones (Zyphra's
+    release and the transformers port's layout); safe to call more than once."""
+    from zaya_vl import configuration
 
-    AutoProcessor.register(ZayaVLConfig, ZayaVLProcessor, exist_ok=True)
+    AutoProcessor.register(configuration.ZayaVLConfig, ZayaVLProcessor, exist_ok=True)
+    reference_config = getattr(configuration, "ReferenceZayaVLConfig", None)
+    if reference_config is not None:
+        AutoProcessor.register(reference_config, Zaya1VLProcessor, exist_ok=True)
 
 
-__all__ = ["ImageTokenCount", "ZayaVLProcessor", "register_processor"]
+__all__ = ["ImageTokenCount", "Zaya1VLProcessor", "ZayaVLProcessor", "register_processor"]

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 _done = False
 
@@ -20,12 +20,11 @@ def register() -> None:
     AutoConfig.register(ReferenceZayaVLConfig.model_type, ReferenceZayaVLConfig, exist_ok=True)
     AutoModelForImageTextToText.register(ZayaVLConfig, ZayaVL, exist_ok=True)
     AutoModelForImageTextToText.register(ReferenceZayaVLConfig, ReferenceLayoutZayaVL, exist_ok=True)
-    try:
-        from zaya_vl.processing import ZayaVLProcessor
-    except ImportError:  # the processor module is optional while the package is being assembled
-        ZayaVLProcessor = None
-    if ZayaVLProcessor is not None:
-        AutoProcessor.register(ZayaVLConfig, ZayaVLProcessor, exist_ok=True)
+    # AutoProcessor for both model types: `zaya1_vl` folders (Zyphra's release, the transformers port's layout)
+    # otherwise resolve to a bare tokenizer.
+    from zaya_vl.processing import register_processor
+
+    register_processor()
     _done = True
 
 

@@ -1,19 +1,31 @@
-"""Reading a checkpoint's tensors: safetensors (single or sharded), or pickles with ``weights_only=True``."""
+"""Reading a checkpoint's tensors, one file at a time: safetensors (single or sharded), or pickles with
+``weights_only=True``.
+
+Every problem names the file: a missing shard, an index whose shard path leaves the checkpoint folder, a
+truncated or corrupt ``.safetensors`` file (checked against its own header before any tensor is read).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
+from collections.abc import Iterator
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                 "pytorch_model.bin")
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
 class MissingWeightsError(FileNotFoundError):
     pass
+
+
+class CorruptCheckpointError(ValueError):
+    """A weights file or index that cannot be read as what it claims to be."""
 
 
 def _resolve(path, filename: str, hub_kwargs: dict) -> str | None:
@@ -25,31 +37,106 @@ def _resolve(path, filename: str, hub_kwargs: dict) -> str | None:
     return cached_file(path, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
 
 
-def _load_one(file: str) -> dict[str, torch.Tensor]:
+def check_safetensors_file(file: str) -> dict:
+    """The header of a ``.safetensors`` file, after checking that the file holds every byte it declares."""
+    size = os.path.getsize(file)
+    with open(file, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise CorruptCheckpointError(f"{file}: truncated safetensors file ({size} bytes; not even a header).")
+        (header_bytes,) = struct.unpack("<Q", prefix)
+        if header_bytes > _MAX_HEADER_BYTES or 8 + header_bytes > size:
+            raise CorruptCheckpointError(
+                f"{file}: truncated or corrupt safetensors file (its header claims {header_bytes} bytes; the file "
+                f"has {size}).")
+        try:
+            header = json.loads(f.read(header_bytes))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CorruptCheckpointError(f"{file}: corrupt safetensors header ({error}).") from None
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{file}: corrupt safetensors header (not a JSON object).")
+    data_end = max((entry["data_offsets"][1] for name, entry in header.items()
+                    if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry), default=0)
+    if 8 + header_bytes + data_end > size:
+        raise CorruptCheckpointError(
+            f"{file}: truncated safetensors file: its header declares {data_end} bytes of tensor data but only "
+            f"{size - 8 - header_bytes} are present.")
+    return header
+
+
+def _file_tensors(file: str) -> Iterator[tuple[str, torch.Tensor]]:
     if file.endswith(".safetensors"):
-        return load_file(file)
+        check_safetensors_file(file)
+        try:
+            with safe_open(file, framework="pt", device="cpu") as handle:
+                for key in handle.keys():
+                    yield key, handle.get_tensor(key)
+        except Exception as error:  # safetensors raises its own bare error types
+            if isinstance(error, CorruptCheckpointError):
+                raise
+            raise CorruptCheckpointError(f"{file}: corrupt safetensors file ({error}).") from error
+        return
     # Pickled checkpoints can run code when unpickled; only plain tensors are accepted.
-    return torch.load(file, map_location="cpu", weights_only=True)
+    yield from torch.load(file, map_location="cpu", weights_only=True).items()
 
 
-def load_state_dict(path, **hub_kwargs) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint at ``path`` (a folder or a hub id), on CPU."""
+def _file_keys(file: str) -> list[str]:
+    if file.endswith(".safetensors"):
+        return [key for key in check_safetensors_file(file) if key != "__metadata__"]
+    return list(torch.load(file, map_location="meta", weights_only=True))
+
+
+def _shard_paths(path, index_name: str, index_file: str, hub_kwargs: dict) -> list[str]:
+    try:
+        with open(index_file) as f:
+            weight_map = json.load(f)["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CorruptCheckpointError(f"{index_file}: not a valid checkpoint index (needs a 'weight_map' object "
+                                     f"of tensor name -> shard file): {error!r}.") from None
+    files = []
+    for shard in shards:
+        if not isinstance(shard, str) or os.path.isabs(shard) or ".." in shard.replace("\\", "/").split("/"):
+            raise CorruptCheckpointError(
+                f"{index_file}: shard path {shard!r} leaves the checkpoint folder; refusing to read it.")
+        shard_file = _resolve(path, shard, hub_kwargs)
+        if shard_file is None:
+            raise MissingWeightsError(f"{path}: the index {index_name} lists {shard}, which is missing.")
+        folder = os.path.dirname(os.path.realpath(index_file))
+        if os.path.commonpath([folder, os.path.realpath(shard_file)]) != folder:
+            raise CorruptCheckpointError(
+                f"{index_file}: shard {shard!r} resolves outside the checkpoint folder; refusing to read it.")
+        files.append(shard_file)
+    return files
+
+
+def weight_files(path, **hub_kwargs) -> list[str]:
+    """The weight files of the checkpoint at ``path`` (a folder or a hub id), in loading order."""
     for name in WEIGHT_FILES:
         file = _resolve(path, name, hub_kwargs)
         if file is None:
             continue
-        if not name.endswith(".index.json"):
-            return _load_one(file)
-        with open(file) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            shard_file = _resolve(path, shard, hub_kwargs)
-            if shard_file is None:
-                raise MissingWeightsError(f"{path}: the index {name} lists {shard}, which is missing.")
-            state.update(_load_one(shard_file))
-        return state
+        if name.endswith(".index.json"):
+            return _shard_paths(path, name, file, hub_kwargs)
+        return [file]
     raise MissingWeightsError(f"No weights found in {path}: expected one of {', '.join(WEIGHT_FILES)}.")
 
 
-__all__ = ["MissingWeightsError", "WEIGHT_FILES", "load_state_dict"]
+def checkpoint_keys(path, **hub_kwargs) -> list[str]:
+    """Every tensor name of the checkpoint, read from headers only (no tensor data is loaded)."""
+    return [key for file in weight_files(path, **hub_kwargs) for key in _file_keys(file)]
+
+
+def iter_checkpoint_tensors(path, **hub_kwargs) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for every tensor of the checkpoint, one file at a time, on CPU."""
+    for file in weight_files(path, **hub_kwargs):
+        yield from _file_tensors(file)
+
+
+def load_state_dict(path, **hub_kwargs) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint at ``path`` (a folder or a hub id), on CPU."""
+    return dict(iter_checkpoint_tensors(path, **hub_kwargs))
+
+
+__all__ = ["CorruptCheckpointError", "MissingWeightsError", "WEIGHT_FILES", "check_safetensors_file",
+           "checkpoint_keys", "iter_checkpoint_tensors", "load_state_dict", "weight_files"]

@@ -141,3 +141,50 @@ def test_prefill_chunks_may_not_split_an_image_span():
     tail = model(inputs_embeds=embeds[:, end:], image_mask=image_mask[:, end:],
                  cache=head.cache, use_cache=True)
     torch.testing.assert_close(torch.cat([head.logits, tail.logits], dim=1), full, atol=1e-4, rtol=0)
+
+
+def naive_image_attention_mask(input_ids, attention_mask, image_token_id, mode):
+    """Each reference's rule written out token by token: True where query q may attend to key k."""
+    batch, seq = input_ids.shape
+    allowed = torch.zeros(batch, seq, seq, dtype=torch.bool)
+    for b in range(batch):
+        image = [bool(t == image_token_id) for t in input_ids[b]]
+        last = max((i for i in range(seq) if image[i]), default=-1)
+        for q in range(seq):
+            for k in range(seq):
+                ok = k <= q
+                if mode == "images":  # the port: causal mask, then every image pair of the row set to "attend"
+                    ok = ok or (image[q] and image[k])
+                if mode == "prefix":  # Zyphra's flash path: the prefix through two tokens past the last image
+                    ok = ok or (last >= 0 and q < last + 3 and k < last + 3)
+                allowed[b, q, k] = ok and bool(attention_mask[b, k])
+    return allowed
+
+
+@pytest.mark.parametrize("mode", ["images", "prefix"])
+def test_reference_image_attention_modes_build_the_references_masks(mode):
+    from zaya_vl.lm.masks import build_attention_mask, image_attention_spans
+
+    image_token = 9
+    input_ids = torch.tensor([[0, 0, 3, 9, 9, 4, 5, 9, 9, 9, 6, 7, 8],
+                              [3, 4, 9, 9, 9, 5, 6, 7, 8, 1, 2, 3, 4]])
+    attention_mask = torch.tensor([[0, 0] + [1] * 11, [1] * 13])
+    spans = image_attention_spans(input_ids == image_token, mode)
+    mask = build_attention_mask(batch_size=2, query_length=13, key_length=13, device=torch.device("cpu"),
+                                padding_mask=attention_mask, image_span_ids=spans)[:, 0]
+    expected = naive_image_attention_mask(input_ids, attention_mask, image_token, mode)
+    real = attention_mask.bool()
+    for b in range(2):  # padded query rows attend to themselves only (never used); compare the real ones
+        assert torch.equal(mask[b][real[b]], expected[b][real[b]])
+
+
+@torch.no_grad()
+def test_images_mode_lets_an_earlier_image_see_a_later_one(monkeypatch):
+    model = tiny_model("images")
+    prompt = image_prompt([(1, 4, 4), (1, 4, 4)], text_before=2, text_after=3)
+    image_positions = (prompt["input_ids"][0] == model.config.image_token_id).nonzero().squeeze(1)
+    first_image = int(image_positions[0])
+    base = model(**prompt, use_cache=False).logits[0]
+    changed = logits_with_perturbed_image_token(model, prompt, token_index=-1, monkeypatch=monkeypatch)
+    assert torch.equal(changed[:first_image], base[:first_image])  # text before the images: never
+    assert not torch.allclose(changed[first_image], base[first_image])  # the first image sees the second

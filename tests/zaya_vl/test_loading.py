@@ -106,7 +106,7 @@ def test_unknown_key_in_a_reference_checkpoint_is_a_named_error(reference_dir):
     tensors = load_file(reference_dir / "model.safetensors")
     tensors["model.layers.0.mlp.zaya_block.mystery.weight"] = torch.zeros(2)
     save_file(tensors, reference_dir / "model.safetensors")
-    with pytest.raises(KeyError, match=r"unexpected key in the reference checkpoint: "
+    with pytest.raises(KeyError, match=r"matches no known layout.*zyphra: "
                                        r"model\.layers\.0\.mlp\.zaya_block\.mystery\.weight"):
         ZayaVL.from_pretrained(reference_dir)
 

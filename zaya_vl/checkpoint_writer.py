@@ -1,0 +1,55 @@
+"""Writing a model in another layout's names: sharded safetensors, an index, config.json and
+generation_config.json, each file written to a temporary name and renamed, so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import save_file
+
+from zaya_vl.conversion import Layout, from_native
+
+
+def _replace_atomically(path: str, write) -> None:
+    temporary = f"{path}.tmp.{os.getpid()}"
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _write_json(path: str, values: dict) -> None:
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(values, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    _replace_atomically(path, write)
+
+
+def save_in_layout(model, save_directory, layout: Layout, config_dict: dict, max_shard_size: str | int = "5GB",
+                   **unused) -> None:
+    os.makedirs(save_directory, exist_ok=True)
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # the port ties it to the embeddings, as we do
+    tensors = {name: tensor.detach().contiguous() for name, tensor in from_native(state, layout).items()}
+    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        shard = {name: tensors[name] for name in names}
+        _replace_atomically(os.path.join(save_directory, filename),
+                            lambda temporary, shard=shard: save_file(shard, temporary, metadata={"format": "pt"}))
+    if split.is_sharded:
+        _write_json(os.path.join(save_directory, "model.safetensors.index.json"),
+                    {"metadata": split.metadata, "weight_map": split.tensor_to_filename})
+    _write_json(os.path.join(save_directory, "config.json"), {**config_dict, "dtype": str(model.dtype).split(".")[-1]})
+    if model.generation_config is not None:
+        _write_json(os.path.join(save_directory, "generation_config.json"), model.generation_config.to_diff_dict()
+                    if hasattr(model.generation_config, "to_diff_dict") else model.generation_config.to_dict())
+
+
+__all__ = ["save_in_layout"]
