@@ -51,6 +51,9 @@ def add_eval_args(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", action="append", metavar="TASK=PATH", help="local data for a task (repeatable)")
     parser.add_argument("--max-new-tokens", action="append", metavar="TASK=N", help="generation cap for a task")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from zaya_vl.cli import add_device_args
+
+    add_device_args(parser)
     parser.set_defaults(func=eval_command)
     return parser
 
@@ -65,7 +68,10 @@ def eval_command(args: argparse.Namespace) -> int:
     data = _task_values(args.data, "--data")
     caps = _task_values(args.max_new_tokens, "--max-new-tokens", int)
     config = {"temperature": args.temperature, "do_sample": args.temperature > 0}
-    predictor = load_predictor(args.model, batch_size=args.batch_size, temperature=args.temperature)
+    from zaya_vl.cli import device_kwargs
+
+    predictor = load_predictor(args.model, batch_size=args.batch_size, temperature=args.temperature,
+                               **device_kwargs(args))
     results = run_eval(
         predictor,
         tasks,

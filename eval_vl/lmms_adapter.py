@@ -32,12 +32,12 @@ def truncate_at_stops(text: str, until: list[str]) -> str:
 
 class ZayaVLLmms(lmms):
     def __init__(self, pretrained: str, batch_size: int | str = 8, dtype: str | None = None,
-                 device_map: str | None = None, image_attention: str | None = None, max_new_tokens: int = 64,
+                 device: str | None = None, device_map: str | None = None, image_attention: str | None = None, max_new_tokens: int = 64,
                  **kwargs) -> None:
         super().__init__()
         model_kwargs = {"image_attention": image_attention} if image_attention else {}
         self.assistant = VLAssistant.from_pretrained(
-            pretrained, dtype=dtype, device_map=device_map, batch_size=int(batch_size),
+            pretrained, dtype=dtype, device=device, device_map=device_map, batch_size=int(batch_size),
             settings=GenerationSettings(max_new_tokens=int(max_new_tokens)), **model_kwargs)
         self.batch_size_per_gpu = int(batch_size)
 
