@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,9 +54,9 @@ def add_eval_args(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", action="append", metavar="TASK=PATH", help="local data for a task (repeatable)")
     parser.add_argument("--max-new-tokens", action="append", metavar="TASK=N", help="generation cap for a task")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from zaya_vl.cli import add_device_args
-
-    add_device_args(parser)
+    parser.add_argument("--num-processes", type=int, default=1, metavar="N",
+                        help="split the items over N processes, each on its own GPU (CPU processes without GPUs); "
+                             "the same as `accelerate launch --num_processes N -m zaya_vl.eval_vl ...`")
     parser.set_defaults(func=eval_command)
     return parser
 
@@ -67,11 +70,14 @@ def eval_command(args: argparse.Namespace) -> int:
         raise SystemExit(str(error)) from None
     data = _task_values(args.data, "--data")
     caps = _task_values(args.max_new_tokens, "--max-new-tokens", int)
+    if args.num_processes < 1:
+        raise SystemExit(f"--num-processes must be >= 1, got {args.num_processes}")
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.num_processes > 1 and not launched:
+        return _launch(args)
     config = {"temperature": args.temperature, "do_sample": args.temperature > 0}
-    from zaya_vl.cli import device_kwargs
-
     predictor = load_predictor(args.model, batch_size=args.batch_size, temperature=args.temperature,
-                               **device_kwargs(args))
+                               device_map=_process_device(launched))
     results = run_eval(
         predictor,
         tasks,
@@ -84,8 +90,42 @@ def eval_command(args: argparse.Namespace) -> int:
         max_new_tokens=caps,
         show_progress=not args.no_progress,
     )
-    print(render_markdown(results))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(render_markdown(results))
     return 0
+
+
+def _process_device(launched: bool) -> str | None:
+    """Where this process's model goes: its own GPU under a multi-process launch, the GPU when there is one,
+    else the CPU (None: loaded where it is read)."""
+    if launched:
+        from .runner import partial_state
+
+        device = partial_state().device
+        return None if device.type == "cpu" else str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Rerun this command under `accelerate launch` with N processes."""
+    argv = ["--model", args.model, "--tasks", args.tasks, "--output", str(args.output),
+            "--batch-size", str(args.batch_size), "--temperature", str(args.temperature)]
+    if args.limit is not None:
+        argv += ["--limit", str(args.limit)]
+    for flag, pairs in (("--data", args.data), ("--max-new-tokens", args.max_new_tokens)):
+        for pair in pairs or []:
+            argv += [flag, pair]
+    if args.no_progress:
+        argv.append("--no-progress")
+    with socket.socket() as probe:  # a free port, so two launches on one machine do not collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+               str(args.num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port), "-m", "zaya_vl.eval_vl", *argv]
+    return subprocess.call(command)
 
 
 def add_score_args(subparsers) -> argparse.ArgumentParser:
@@ -107,9 +147,12 @@ def score_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown task {args.task!r}; valid tasks: {', '.join(TASKS)}")
     if not args.predictions.is_file():
         raise SystemExit(f"predictions file not found: {args.predictions}")
-    summary, records = score_predictions(
-        args.task, args.predictions, args.data, id_key=args.id_key, prediction_key=args.prediction_key
-    )
+    try:
+        summary, records = score_predictions(
+            args.task, args.predictions, args.data, id_key=args.id_key, prediction_key=args.prediction_key
+        )
+    except ValueError as error:
+        raise SystemExit(f"zaya-vl score: {error}") from None
     results = {
         "model": str(args.predictions),
         "config": {"scored_from": str(args.predictions)},
@@ -117,13 +160,28 @@ def score_command(args: argparse.Namespace) -> int:
         "tasks": {args.task: summary},
     }
     if args.output:
-        write_atomic(args.output / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-        write_atomic(args.output / "results.md", render_markdown(results))
-        write_atomic(args.output / "scored.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    print(render_markdown(results))
+        # Every file is encoded before the first is written: all three are written, or none.
+        files = {
+            "results.json": _json_bytes(results, indent=2),
+            "results.md": render_markdown(results).encode("utf-8", "backslashreplace"),
+            "scored.jsonl": b"".join(_json_bytes(record) for record in records),
+        }
+        for name, payload in files.items():
+            write_atomic(args.output / name, payload)
+    print(render_markdown(results).encode("utf-8", "backslashreplace").decode("utf-8"))
     if summary["n_missing"]:
         print(f"note: {summary['n_missing']} items of the data have no prediction and are not scored", file=sys.stderr)
     return 0
+
+
+def _json_bytes(value, indent: int | None = None) -> bytes:
+    """UTF-8 JSON (one line, or indented); text that is not valid Unicode (a lone surrogate a predictions file
+    can carry as "\\ud800") is kept as its JSON escape instead of failing to encode."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(value, indent=indent, ensure_ascii=True) + "\n").encode("ascii")
 
 
 def main(argv: list[str] | None = None) -> int:

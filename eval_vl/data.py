@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ class TaskData:
     rows: Any  # datasets.Dataset, image columns left undecoded
     base_dir: Path | None
     source: str
+    fingerprint: str = ""  # of every row of the split, before `limit`: what a resumed run must be scoring
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -46,14 +49,32 @@ def load_task_data(task: str | Task, data: str | Path | None = None, limit: int 
         path = Path(data)
         rows = _load_local(path, task.split)
         base_dir, source = (path if path.is_dir() else path.parent), str(path)
-    if limit is not None:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        rows = rows.select(range(min(limit, len(rows))))
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
     for column, feature in rows.features.items():
         if isinstance(feature, datasets.Image) and feature.decode:
             rows = rows.cast_column(column, datasets.Image(decode=False))
-    return TaskData(task=task, rows=rows, base_dir=base_dir, source=source)
+    fingerprint = fingerprint_rows(rows)
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
+    return TaskData(task=task, rows=rows, base_dir=base_dir, source=source, fingerprint=fingerprint)
+
+
+def fingerprint_rows(rows) -> str:
+    """sha256 over every row's values, image bytes included (hashed, not decoded). Taken over the whole split
+    so that `--limit 10` then `--limit 100` into one folder is still the same data; another data file, or the
+    same file edited, is not. An image given as a path is identified by that path (its file is not read here)."""
+    digest = hashlib.sha256(f"{len(rows)}|{sorted(rows.column_names)}".encode())
+    for batch in rows.iter(batch_size=256):
+        digest.update(json.dumps(batch, sort_keys=True, default=_blob_digest, ensure_ascii=False).encode("utf-8",
+                                                                                                        "surrogatepass"))
+    return digest.hexdigest()
+
+
+def _blob_digest(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "sha256:" + hashlib.sha256(value).hexdigest()
+    return repr(value)
 
 
 def _load_local(path: Path, split: str):

@@ -30,16 +30,75 @@ def truncate_at_stops(text: str, until: list[str]) -> str:
     return text[:cut] if cut >= 0 else text
 
 
+_DTYPES = {"auto": None, "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+           "float32": "float32", "fp32": "float32"}
+
+
 class ZayaVLLmms(lmms):
-    def __init__(self, pretrained: str, batch_size: int | str = 8, dtype: str | None = None,
-                 device: str | None = None, device_map: str | None = None, image_attention: str | None = None, max_new_tokens: int = 64,
-                 **kwargs) -> None:
+    """``--model_args`` keys: ``pretrained`` (required), ``batch_size``, ``max_new_tokens``, ``device`` (default
+    ``cuda`` when there is a GPU, else ``cpu``; under a multi-process launch each process takes its own GPU),
+    ``device_map``, ``dtype`` (``auto``: bfloat16 on GPU, float32 on CPU; or bfloat16 / float16 / float32),
+    ``min_pixels`` / ``max_pixels`` (the processor's pixel budget per image), ``image_attention``. Any other key
+    is an error, so a misspelt or unsupported setting never goes silently unused.
+
+    ``rank`` / ``world_size`` / ``device`` / ``accelerator`` follow lmms-eval's own models: lmms-eval gives each
+    process its share of the requests by them.
+    """
+
+    def __init__(self, pretrained: str, batch_size: int | str = 8, dtype: str | None = "auto",
+                 device: str | None = None, device_map: str | None = None, image_attention: str | None = None,
+                 max_new_tokens: int | str = 64, min_pixels: int | str | None = None,
+                 max_pixels: int | str | None = None, **unknown) -> None:
         super().__init__()
+        if unknown:
+            raise ValueError(f"zaya_vl: unknown --model_args {sorted(unknown)}; known: pretrained, batch_size, "
+                             "max_new_tokens, device, device_map, dtype, min_pixels, max_pixels, image_attention")
+        import torch
+        from accelerate import Accelerator
+
+        key = "auto" if dtype is None else str(dtype).lower()
+        if key not in _DTYPES:
+            raise ValueError(f"zaya_vl: dtype={dtype!r}; use one of {sorted(set(_DTYPES))}")
+        has_gpu = torch.cuda.is_available()
+        self.accelerator = Accelerator(cpu=not has_gpu)
+        if self.accelerator.num_processes > 1:
+            # One model per process, on this process's own GPU (the CPU without GPUs), as lmms-eval's models do.
+            self._device = self.accelerator.device
+            device_map = str(self._device) if has_gpu else None
+        else:
+            self._device = torch.device(device or ("cuda" if has_gpu else "cpu"))
+            device_map = device_map or (None if self._device.type == "cpu" else str(self._device))
+        self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         model_kwargs = {"image_attention": image_attention} if image_attention else {}
         self.assistant = VLAssistant.from_pretrained(
-            pretrained, dtype=dtype, device=device, device_map=device_map, batch_size=int(batch_size),
+            pretrained, dtype=_DTYPES[key], device_map=device_map, batch_size=int(batch_size),
             settings=GenerationSettings(max_new_tokens=int(max_new_tokens)), **model_kwargs)
+        if min_pixels is not None or max_pixels is not None:
+            processor = self.assistant.processor
+            low, high = processor._pixel_budget(None if min_pixels is None else int(min_pixels),
+                                                None if max_pixels is None else int(max_pixels))
+            processor.image_processor.size = {"shortest_edge": low, "longest_edge": high}
         self.batch_size_per_gpu = int(batch_size)
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    @property
+    def model(self):
+        return self.assistant.model
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         replies = []

@@ -29,9 +29,17 @@ Where this differs from lmms-eval's normalisation (which we call bugs and do not
 from __future__ import annotations
 
 import ast
+import bisect
 import math
 import re
 import string
+
+# A runaway generation can be megabytes long; reading all of it would cost time (and, done naively, memory)
+# for nothing: the answer is given at the end, an option letter at the start. Longer replies are read as
+# their first REPLY_HEAD and last REPLY_TAIL characters. Every step below is linear in what it reads.
+REPLY_HEAD = 1_024
+REPLY_TAIL = 15_360
+MAX_CUES = 8  # answer cues examined, counted from the last
 
 # A cue needs "is" or a colon after it, so "To answer this, ..." is not mistaken for the answer.
 _CUE = re.compile(r"(?i)\b(?:answer|option|choice)\b\s*(?:is\b\s*[:：]?|[:：])")
@@ -49,6 +57,14 @@ _LETTER_ONLY = re.compile(r"^\s*(?:\(([A-Za-z])\)|([A-Z])(?:\s*[.:)]|\s*$))")
 def _clean(text: str) -> str:
     # Unicode minus and thin spaces show up in model output and would hide numbers.
     return text.replace("\u2212", "-").replace("\u2009", " ").replace("\u00a0", " ")
+
+
+def bounded(reply: str) -> str:
+    """The part of a reply that is examined: all of it up to REPLY_HEAD + REPLY_TAIL characters, else its head
+    and its tail on separate lines (so no number or phrase is glued together across the cut)."""
+    if len(reply) <= REPLY_HEAD + REPLY_TAIL:
+        return reply
+    return reply[:REPLY_HEAD] + "\n" + reply[-REPLY_TAIL:]
 
 
 def _boxed(text: str) -> str | None:
@@ -70,8 +86,10 @@ def answer_segments(reply: str) -> list[str]:
     boxed = _boxed(reply)
     if boxed is not None and boxed.strip():
         segments.append(boxed)
-    for cue in reversed(list(_CUE.finditer(reply))):
-        rest = reply[cue.end() :].split("\n", 1)[0].strip()
+    cues = list(_CUE.finditer(reply))[-MAX_CUES:]
+    for cue in reversed(cues):
+        line_end = reply.find("\n", cue.end())
+        rest = reply[cue.end() : len(reply) if line_end < 0 else line_end].strip()
         if rest:
             segments.append(rest)
     return segments
@@ -91,13 +109,17 @@ def numbers_in(text: str) -> list[float]:
         if _to_float(denominator) != 0:
             found.append((match.start(), _to_float(numerator) / _to_float(denominator)))
             taken.append(match.span())
+    # Fractions come in text order and do not overlap, so "inside a fraction" is one bisect, not a scan.
+    starts = [start for start, _ in taken]
     for match in _NUMBER.finditer(text):
-        if not any(start <= match.start() < end for start, end in taken):
+        index = bisect.bisect_right(starts, match.start()) - 1
+        if index < 0 or match.start() >= taken[index][1]:
             found.append((match.start(), _to_float(match.group())))
     return [value for _, value in sorted(found)]
 
 
 def extract_number(reply: str) -> float | None:
+    reply = bounded(reply)
     for segment in answer_segments(reply):
         values = numbers_in(segment)
         if values:
@@ -125,8 +147,23 @@ def _mentioned_choice(text: str, choices: list[str]) -> str | None:
             spans[index] = found
 
     def covered(index: int) -> bool:
-        longer = [span for other, found in spans.items() if other != index for span in found]
-        return all(any(s2 <= s and e <= e2 and e2 - s2 > e - s for s2, e2 in longer) for s, e in spans[index])
+        # Is every span of this option inside a longer span of another one? Sorted by start with a running
+        # maximum of ends, "some other span starts at or before s and ends at or after e" is one bisect.
+        others = sorted(span for other, found in spans.items() if other != index for span in found)
+        starts = [s2 for s2, _ in others]
+        reach, furthest = [], -1
+        for _, e2 in others:
+            furthest = max(furthest, e2)
+            reach.append(furthest)
+        same_start_end: dict[int, int] = {}
+        for s2, e2 in others:
+            same_start_end[s2] = max(same_start_end.get(s2, -1), e2)
+
+        def inside_longer(s: int, e: int) -> bool:
+            before = bisect.bisect_left(starts, s) - 1  # spans starting strictly before s: longer if they reach e
+            return (before >= 0 and reach[before] >= e) or same_start_end.get(s, -1) > e
+
+        return all(inside_longer(s, e) for s, e in spans[index])
     candidates = [index for index in spans if not covered(index)]
     return choices[candidates[0]] if len(candidates) == 1 else None
 
@@ -146,7 +183,7 @@ def _choice_from(text: str, choices: list[str]) -> str | None:
 
 def extract_choice(reply: str, choices: list[str]) -> str | None:
     """The option text the reply picks, or None."""
-    reply = _clean(reply).strip()
+    reply = _clean(bounded(reply)).strip()
     if not reply:
         return None
     for text in [*answer_segments(reply), reply]:
@@ -177,7 +214,7 @@ def _parse_list(text: str) -> list | None:
 
 
 def extract_list(reply: str) -> list | None:
-    reply = _clean(reply)
+    reply = _clean(bounded(reply))
     brackets = re.findall(r"\[[^\[\]]*\]", reply)
     if brackets:
         return _parse_list(brackets[-1])
@@ -230,4 +267,5 @@ def mathvista_is_correct(
             and all(_same_element(p, g) for p, g in zip(predicted, gold))
         )
     # Any other answer type: compare the cued text (or the reply) to the answer, case-insensitively.
+    reply = bounded(reply)
     return any(_text_key(text) == _text_key(answer) for text in [*answer_segments(reply), reply])

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
+
+from zaya_vl.fileio import write_atomic
+
+__all__ = ["RecordWriter", "item_record", "read_records", "write_atomic"]
 
 
 def item_record(
@@ -85,19 +88,3 @@ class RecordWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temp:
-            temp.write(text)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

@@ -2,14 +2,25 @@
 
 The model is a `Predictor`: `predict(requests) -> replies`, one reply per request, in order. The
 runner owns everything else: which items are left, prompts, images, scoring, files, progress.
-Item problems (corrupt image, missing field) become error records and the run goes on; a
-predictor exception ends the run (a broken model is not an item problem) and a rerun resumes.
+Item problems (corrupt image, missing field, an image shape the processor refuses) become error
+records and the run goes on; a predictor exception ends the run (a broken model is not an item
+problem) and a rerun resumes.
+
+One run per output folder (a lock file; a second live run is refused). `run.json` pins the model,
+the config and a fingerprint of each task's data, so a rerun with anything else is refused rather
+than reporting old predictions as the new run's.
+
+Several processes (`accelerate launch -m zaya_vl.eval_vl ...`, or `zaya-vl eval --num-processes N`):
+each process takes every N-th pending item, writes `predictions.part-<rank>.jsonl`, and the main
+process merges the parts into `predictions.jsonl` in data order, the file one process writes. A run
+killed before the merge leaves its parts; the next run (any number of processes) merges them first.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +32,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import TaskData, load_task_data
+from zaya_vl.fileio import OutputLock, OutputLockedError
+
 from .records import RecordWriter, item_record, read_records, write_atomic
 from .registry import get_task
 from .report import summarize_task, write_results
@@ -69,33 +82,96 @@ def run_eval(
     if unknown:
         raise ValueError(f"overrides given for tasks not being run: {sorted(unknown)}")
     config = dict(config or {})
-    _check_run_identity(output_dir, model_name, config)
-    started = time.time()
+    processes = Processes.current()
+    lock = processes.agree(lambda: OutputLock(output_dir, "zaya-vl eval").acquire(), OutputLockedError)
+    try:
+        started = time.time()
+        loaded = []
+        for task in resolved:
+            if task.name in caps:
+                task = dataclasses.replace(task, max_new_tokens=caps[task.name])
+            loaded.append(load_task_data(task, overrides.get(task.name), limit))
+        fingerprints = {data.task.name: data.fingerprint for data in loaded}
+        processes.agree(lambda: _check_run_identity(output_dir, model_name, config, fingerprints), ValueError)
 
-    summaries, sources = {}, {}
-    for task in resolved:
-        if task.name in caps:
-            task = dataclasses.replace(task, max_new_tokens=caps[task.name])
-        data = load_task_data(task, overrides.get(task.name), limit)
-        records = _run_task(predictor, data, output_dir / task.name / "predictions.jsonl", batch_size, show_progress)
-        summaries[task.name], sources[task.name] = summarize_task(task, records), data.source
+        summaries, sources = {}, {}
+        for data in loaded:
+            records = _run_task(predictor, data, output_dir / data.task.name / "predictions.jsonl", batch_size,
+                                show_progress, processes)
+            summaries[data.task.name], sources[data.task.name] = summarize_task(data.task, records), data.source
 
-    finished = time.time()
-    results = {
-        "model": model_name,
-        "config": config,
-        "limit": limit,
-        "batch_size": batch_size,
-        "data": sources,
-        "tasks": summaries,
-        "timing": {
-            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-            "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds"),
-            "elapsed_s": round(finished - started, 3),
-        },
-    }
-    write_results(output_dir, results)
+        finished = time.time()
+        results = {
+            "model": model_name,
+            "config": config,
+            "limit": limit,
+            "batch_size": batch_size,
+            "data": sources,
+            "tasks": summaries,
+            "timing": {
+                "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+                "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds"),
+                "elapsed_s": round(finished - started, 3),
+            },
+        }
+        if processes.is_main:
+            write_results(output_dir, results)
+    finally:
+        if lock is not None:
+            lock.release()  # after results.json: a run waiting for the folder sees a finished one
     return results
+
+
+def partial_state():
+    """accelerate's view of this launch. Without GPUs it must be told the run is on CPU, or each process
+    believes it is alone (no gloo group) and every process would evaluate every item."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+@dataclass
+class Processes:
+    """This process's place among the evaluation's processes (one, unless launched by accelerate/torchrun)."""
+
+    rank: int = 0
+    count: int = 1
+    state: object = None  # accelerate's PartialState when there are several
+
+    @classmethod
+    def current(cls) -> "Processes":
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        state = partial_state()
+        return cls(state.process_index, state.num_processes, state)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.count > 1:
+            self.state.wait_for_everyone()
+
+    def agree(self, action, refusals: type[Exception] | tuple = ()):
+        """Run `action` on the main process only; every process returns its result or raises its refusal (so a
+        refused run stops everywhere instead of leaving the other processes waiting)."""
+        result, refusal = None, None
+        if self.is_main:
+            try:
+                result = action()
+            except refusals as error:
+                refusal = error
+        if self.count > 1:
+            from accelerate.utils import broadcast_object_list
+
+            refusal = broadcast_object_list([None if refusal is None else (type(refusal), str(refusal))])[0]
+            if refusal is not None:
+                raise refusal[0](refusal[1])
+        elif refusal is not None:
+            raise refusal
+        return result
 
 
 def item_ids(data: TaskData) -> list[str]:
@@ -112,24 +188,57 @@ def item_ids(data: TaskData) -> list[str]:
     return ids
 
 
-def _run_task(predictor: Predictor, data: TaskData, path: Path, batch_size: int, show_progress: bool) -> list[dict]:
+def _run_task(predictor: Predictor, data: TaskData, path: Path, batch_size: int, show_progress: bool,
+              processes: Processes | None = None) -> list[dict]:
+    processes = processes or Processes()
     task, ids = data.task, item_ids(data)
-    done = read_records(path, repair=True)
+    if processes.is_main:
+        merge_parts(path, ids)  # parts a killed multi-process run left
+    processes.barrier()
+    done = read_records(path, repair=processes.count == 1)
     pending = [index for index, item_id in enumerate(ids) if item_id not in done]
-    progress = tqdm(total=len(ids), initial=len(ids) - len(pending), desc=task.name, unit="item", disable=not show_progress)
-    with RecordWriter(path) as writer, progress:
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
+    mine = pending[processes.rank :: processes.count]
+    target = path if processes.count == 1 else path.with_name(f"predictions.part-{processes.rank}.jsonl")
+    read_records(target, repair=True)  # cut a partial last line before appending
+    desc = task.name if processes.count == 1 else f"{task.name} [{processes.rank}/{processes.count}]"
+    progress = tqdm(total=len(ids) - len(pending) + len(mine), initial=len(ids) - len(pending), desc=desc,
+                    unit="item", disable=not (show_progress and processes.is_main))
+    with RecordWriter(target) as writer, progress:
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start : start + batch_size]
             records = _evaluate_batch(predictor, data, [(ids[i], data.rows[i]) for i in batch])
             writer.write(records)  # flushed + fsynced: a crash after this loses nothing of the batch
             done.update((record["id"], record) for record in records)
             progress.update(len(batch))
+    if processes.count > 1:
+        processes.barrier()
+        if processes.is_main:
+            merge_parts(path, ids)
+        processes.barrier()
+        done = read_records(path)
     return [done[item_id] for item_id in ids]
+
+
+def merge_parts(path: Path, ids: list[str]) -> None:
+    """Fold `predictions.part-*.jsonl` next to `path` into it (records in data order; ids the data no longer
+    has keep their place after them), then delete the parts. Killed between the two steps, the next merge
+    finds the same records twice and keeps one: nothing is lost or doubled."""
+    parts = sorted(path.parent.glob("predictions.part-*.jsonl")) if path.parent.is_dir() else []
+    if not parts:
+        return
+    records = read_records(path, repair=True)
+    for part in parts:
+        records.update(read_records(part))  # a partial last line (killed mid-write) is left out: redone
+    position = {item_id: index for index, item_id in enumerate(ids)}
+    ordered = sorted(records, key=lambda item_id: position.get(item_id, len(ids)))
+    write_atomic(path, "".join(json.dumps(records[item_id], ensure_ascii=False) + "\n" for item_id in ordered))
+    for part in parts:
+        part.unlink()
 
 
 def _evaluate_batch(predictor: Predictor, data: TaskData, items: list[tuple[str, dict]]) -> list[dict]:
     task = data.task
-    records: list[dict] = []
+    records: dict[str, dict] = {}
     requests, requested_items = [], []
     for item_id, item in items:
         try:
@@ -138,13 +247,14 @@ def _evaluate_batch(predictor: Predictor, data: TaskData, items: list[tuple[str,
             requests.append(Request(task.name, item_id, images, task.build_prompt(item), task.max_new_tokens))
             requested_items.append((item_id, item))
         except Exception as error:  # any bad row becomes a recorded error, never a dead run
-            records.append(error_record(task, item_id, item, None, error))
+            records[item_id] = error_record(task, item_id, item, None, error)
     if requests:
         replies = predictor.predict(requests)
         if len(replies) != len(requests):
             raise RuntimeError(f"predictor returned {len(replies)} replies for {len(requests)} requests")
-        records += [score_item(task, item_id, item, reply) for (item_id, item), reply in zip(requested_items, replies)]
-    return records
+        for (item_id, item), reply in zip(requested_items, replies):
+            records[item_id] = score_item(task, item_id, item, reply)
+    return [records[item_id] for item_id, _ in items]  # data order, whichever failed
 
 
 def score_item(task: Task, item_id: str, item: dict, reply: str | None) -> dict:
@@ -172,19 +282,33 @@ def error_record(task: Task, item_id: str, item: dict, reply: str | None, error:
     return item_record(item_id, reply, 0.0, breakdown=breakdown, error=message)
 
 
-def _check_run_identity(output_dir: Path, model_name: str, config: dict) -> None:
-    """Refuse to resume an output dir started with another model or config (mixed results)."""
+def _check_run_identity(output_dir: Path, model_name: str, config: dict, data: dict[str, str] | None = None) -> None:
+    """Refuse to resume an output dir started with another model, config or data (mixed or stale results).
+
+    `data`: task name -> fingerprint of its rows. A task new to the folder is added to `run.json`.
+    """
     path = output_dir / "run.json"
     identity = {"model": model_name, "config": config}
     # JSON round trip so tuples/lists and int/float keys compare the way they are stored.
     identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    data = dict(data or {})
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
+        pinned = previous.pop("data", {})
         if previous != identity:
             raise ValueError(
                 f"{output_dir} holds a run of {previous}; this run is {identity}. "
                 "Use another output folder (or delete this one) to start over."
             )
-        return
-    write_atomic(path, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        changed = sorted(name for name in data if name in pinned and pinned[name] != data[name])
+        if changed:
+            raise ValueError(
+                f"{output_dir} holds predictions for other {', '.join(changed)} data than this run's --data "
+                f"(fingerprint {pinned[changed[0]][:12]} there, {data[changed[0]][:12]} now); reusing them would "
+                "report the old data's score. Use another output folder (or delete this one) to start over."
+            )
+        if all(name in pinned for name in data):
+            return
+        data = {**pinned, **data}
+    write_atomic(path, json.dumps({**identity, "data": data}, indent=2, sort_keys=True) + "\n")
 

@@ -6,7 +6,6 @@ prompt building and scoring. Items are rows as `datasets` returns them (plain di
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass
@@ -14,8 +13,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from PIL import Image
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from zaya_vl.tokenization import IMAGE_PLACEHOLDER
+from zaya_vl.vision import ImageLoadError, load_image
 
 
 class ItemError(ValueError):
@@ -39,34 +40,42 @@ def require(item: dict, field: str, item_id: str, *, allow_empty: bool = False) 
 
 
 def decode_image(value: Any, base_dir: Path | None, item_id: str, field: str) -> Image.Image:
-    """Turn one image cell into an RGB PIL image.
+    """Turn one image cell into an RGB PIL image with the loader `ask` and training use (`vision.load_image`:
+    transparency onto white, 16-bit depth scaled, EXIF rotation applied, full decode so a corrupt file fails
+    here), and check the vision tower's processor will take its shape.
 
-    Accepts what the sources give: a PIL image (datasets with decoding on), a {"bytes", "path"}
-    dict (datasets `Image(decode=False)`, or parquet written without HF metadata), raw bytes, or a
+    Accepts what the sources give: a PIL image (datasets with decoding on), a {"bytes", "path"} dict
+    (datasets `Image(decode=False)`, or parquet written without HF metadata), raw bytes, a data: URI, or a
     path string (local JSONL; relative paths are relative to the data file's folder).
     """
+    if isinstance(value, dict) and not value.get("bytes") and value.get("path"):
+        value = {"bytes": None, "path": str(_resolve(value["path"], base_dir))}
+    elif isinstance(value, str) and value and not _URI.match(value):
+        value = str(_resolve(value, base_dir))
+    elif is_missing(value) or (isinstance(value, (str, dict, bytes, bytearray)) and not value):
+        raise ItemError(f"item {item_id}: missing field {field!r}")
     try:
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict) and value.get("bytes"):
-            image = Image.open(io.BytesIO(value["bytes"]))
-        elif isinstance(value, dict) and value.get("path"):
-            image = Image.open(_resolve(value["path"], base_dir))
-        elif isinstance(value, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(value))
-        elif isinstance(value, str) and value:
-            image = Image.open(_resolve(value, base_dir))
-        else:
-            raise ItemError(f"item {item_id}: missing field {field!r}")
-        # convert() forces the full decode, so a truncated or corrupt file fails here, per item.
-        # lmms-eval's doc_to_visual also converts every image to RGB.
-        return image.convert("RGB")
-    except ItemError:
-        raise
-    except Exception as error:  # PIL raises several unrelated types for bad files
+        image = load_image(value)
+    except (ImageLoadError, TypeError) as error:
         # Drop object addresses ("<BytesIO object at 0x7f..>") so a rerun records the same message.
         detail = re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))
-        raise ItemError(f"item {item_id}: cannot decode image in {field!r}: {type(error).__name__}: {detail}") from error
+        raise ItemError(f"item {item_id}: cannot decode image in {field!r}: {detail}") from error
+    check_image_shape(image, item_id, field)
+    return image
+
+
+def check_image_shape(image: Image.Image, item_id: str, field: str) -> None:
+    """ItemError for an image the Qwen2-VL resize refuses (an aspect ratio over 200): found here it is that
+    item's error record; found inside the predictor it would end the run, and every rerun, at the same item."""
+    width, height = image.size
+    try:
+        smart_resize(height, width)
+    except ValueError as error:
+        raise ItemError(f"item {item_id}: image in {field!r} is {width}x{height} pixels, which the vision "
+                        f"processor refuses: {error}") from None
+
+
+_URI = re.compile(r"^(?:data:|file://)", re.IGNORECASE)
 
 
 def _resolve(path: str, base_dir: Path | None) -> Path:

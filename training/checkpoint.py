@@ -20,6 +20,8 @@ import re
 import shutil
 from pathlib import Path
 
+from zaya_vl.fileio import fsync_dir, write_atomic
+
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
@@ -74,26 +76,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def write_json_atomic(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(data, indent=2))
 
 
 def finalize(temporary: Path, final: Path, step: int) -> Path:
@@ -103,17 +87,17 @@ def finalize(temporary: Path, final: Path, step: int) -> Path:
         _fsync_file(file)
         files[str(file.relative_to(temporary))] = file.stat().st_size
     for folder in sorted({p.parent for p in temporary.rglob("*")} | {temporary}):
-        _fsync_dir(folder)
+        fsync_dir(folder)
     marker = temporary / COMPLETE
     with open(marker, "w") as handle:
         json.dump({"step": step, "files": files}, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_dir(temporary)
+    fsync_dir(temporary)
     if final.exists():
         _discard(final)
     os.rename(temporary, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
 
 
@@ -123,7 +107,7 @@ def _discard(path: Path) -> None:
     if trash.exists():
         shutil.rmtree(trash, ignore_errors=True)
     os.rename(path, trash)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 

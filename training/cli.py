@@ -24,7 +24,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config (examples/train/*.yaml)")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                         help="continue from the newest complete checkpoint in output_dir (or start fresh if there "
-                             "is none), or from the CHECKPOINT folder given")
+                             "is none and no finished run), or from the CHECKPOINT folder given")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start fresh in an output_dir that holds an earlier run (its final/, metrics.jsonl and "
+                             "checkpoints are deleted first)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.max_steps=10 (repeatable)")
 
@@ -37,7 +40,7 @@ def train_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args.overrides)
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, DataError, FileNotFoundError) as error:
         print(f"zaya-vl train: {error}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,10 +49,12 @@ class DataConfig:
     train: str = ""
     split: str = "train"
     dataset_config: str | None = None             # the `name` argument of datasets.load_dataset
-    format: Literal["auto", "chat", "text"] = "auto"
+    format: Literal["auto", "chat", "sharegpt", "text"] = "auto"  # auto: by the columns a row has
     text_column: str = "text"
-    messages_column: str = "messages"
-    images_column: str = "images"                 # images for content parts that carry none themselves
+    messages_column: str = "messages"             # chat rows: [{"role", "content"}] (LLaMA-Factory/ms-swift too)
+    conversations_column: str = "conversations"   # sharegpt rows: [{"from": "human"/"gpt"/"system", "value"}]
+    system_column: str = "system"                 # a row's system prompt, if it has this column ("" : none)
+    images_column: str = "images"                 # the images of `<image>` placeholders / image parts w/o source
     image_root: str | None = None                 # relative image paths resolve here; default: the JSONL's folder
     seq_len: int = 2048                           # tokens per row; a longer sample is invalid (see below)
     packing: bool = True                          # pack text-only samples into rows; image samples get a row each
@@ -122,12 +125,18 @@ class FreezeConfig:
 
 @dataclass
 class LoraConfig:
-    """Optional PEFT LoRA on top of the stage's trainable set (requires the ``peft`` package)."""
+    """Optional PEFT LoRA on top of the stage's trainable set (requires the ``peft`` package).
+
+    ``target_modules`` names Linear layers (the attention projections); ``target_parameters`` names the experts'
+    fused 3-D weights, ``mlp.experts.gate_up_proj`` and ``mlp.experts.down_proj`` (PEFT's ``target_parameters``:
+    one rank-``r`` LoRA per expert), where most of a ZAYA1 model's parameters are. Either list may be empty, not
+    both. The adapter is saved alone in ``final/adapter/`` besides the merged model in ``final/``."""
 
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.0
+    dropout: float = 0.0                          # must be 0 with target_parameters (a weight delta has no dropout)
     target_modules: list[str] = field(default_factory=lambda: ["o_proj"])
+    target_parameters: list[str] = field(default_factory=list)
 
 
 STAGES = ("pretrain", "sft", "align")
@@ -157,32 +166,74 @@ class RunConfig:
             fail("data.train", "required (a JSONL file, a saved dataset folder or a dataset name)")
         if (self.model.path is None) == (self.model.config is None):
             fail("model", "set exactly one of model.path (load a checkpoint) or model.config (a new model)")
-        for key, value in (("train.max_steps", self.train.max_steps), ("train.micro_batch_size",
-                           self.train.micro_batch_size), ("train.grad_accum_steps", self.train.grad_accum_steps),
-                           ("data.seq_len", self.data.seq_len), ("train.log_every", self.train.log_every),
-                           ("train.loss_chunk_size", self.train.loss_chunk_size)):
-            if value < 1:
-                fail(key, f"must be >= 1, got {value}")
-        if self.train.save_every is not None and self.train.save_every < 1:
-            fail("train.save_every", f"must be >= 1 or null, got {self.train.save_every}")
-        if self.train.keep_checkpoints < 0:
-            fail("train.keep_checkpoints", "must be >= 0")
-        if self.train.cell_loss_weight < 0:
-            fail("train.cell_loss_weight", f"must be >= 0, got {self.train.cell_loss_weight}")
         if len(self.optim.betas) != 2:
             fail("optim.betas", f"expected two numbers, got {self.optim.betas}")
-        if self.schedule.warmup_steps < 0:
-            fail("schedule.warmup_steps", "must be >= 0")
-        if not 0.0 <= self.schedule.min_lr_ratio <= 1.0:
-            fail("schedule.min_lr_ratio", "must be in [0, 1]")
-        if not 0.0 <= self.schedule.decay_fraction <= 1.0:
-            fail("schedule.decay_fraction", "must be in [0, 1]")
-        if self.lora is not None and self.lora.r < 1:
-            fail("lora.r", "must be >= 1")
+        for key, value, low, high in self._ranges():
+            _check_range(key, value, low, high)
+        if self.lora is not None and not (self.lora.target_modules or self.lora.target_parameters):
+            fail("lora", "target_modules and target_parameters are both empty: the adapter would train nothing")
+        if self.lora is not None and self.lora.target_parameters and self.lora.dropout:
+            fail("lora.dropout", f"must be 0 with lora.target_parameters (PEFT applies a parameter's LoRA as a "
+                                 f"weight delta, where dropout cannot act), got {self.lora.dropout}")
         return self
+
+    def _ranges(self) -> list[tuple[str, float | int | None, "_Bound", "_Bound"]]:
+        """(key, value, lower bound, upper bound) for every numeric field; a bound is None (unbounded) or
+        (limit, inclusive). A None value (an optional field left unset) passes."""
+        at_least_1, non_negative, positive = (1, True), (0, True), (0, False)
+        train, data, optim, schedule = self.train, self.data, self.optim, self.schedule
+        ranges = [
+            ("seed", self.seed, non_negative, (2**32 - 1, True)),
+            ("data.seq_len", data.seq_len, at_least_1, None),
+            ("train.max_steps", train.max_steps, at_least_1, None),
+            ("train.micro_batch_size", train.micro_batch_size, at_least_1, None),
+            ("train.grad_accum_steps", train.grad_accum_steps, at_least_1, None),
+            ("train.loss_chunk_size", train.loss_chunk_size, at_least_1, None),
+            ("train.cell_loss_weight", train.cell_loss_weight, non_negative, None),
+            ("train.log_every", train.log_every, at_least_1, None),
+            ("train.save_every", train.save_every, at_least_1, None),
+            ("train.keep_checkpoints", train.keep_checkpoints, non_negative, None),
+            ("optim.lr", optim.lr, positive, None),
+            ("optim.weight_decay", optim.weight_decay, non_negative, None),
+            ("optim.eps", optim.eps, positive, None),
+            ("optim.grad_clip", optim.grad_clip, positive, None),
+            ("schedule.warmup_steps", schedule.warmup_steps, non_negative, None),
+            ("schedule.min_lr_ratio", schedule.min_lr_ratio, non_negative, (1, True)),
+            ("schedule.decay_fraction", schedule.decay_fraction, non_negative, (1, True)),
+            ("balancing.kp", self.balancing.kp, non_negative, None),
+            ("balancing.ki", self.balancing.ki, non_negative, None),
+            ("balancing.kd", self.balancing.kd, non_negative, None),
+            ("balancing.output_limit", self.balancing.output_limit, positive, None),
+        ]
+        if len(optim.betas) == 2:
+            ranges += [(f"optim.betas[{i}]", beta, non_negative, (1, False)) for i, beta in enumerate(optim.betas)]
+        if self.lora is not None:
+            ranges += [("lora.r", self.lora.r, at_least_1, None), ("lora.alpha", self.lora.alpha, positive, None),
+                       ("lora.dropout", self.lora.dropout, non_negative, (1, False))]
+        return ranges
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+_Bound = tuple[float, bool] | None
+
+
+def _check_range(key: str, value, low: _Bound, high: _Bound) -> None:
+    """``value`` is finite and within the bounds, else a ConfigError naming ``key`` (NaN fails every bound)."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value}")
+    for bound, is_low in ((low, True), (high, False)):
+        if bound is None:
+            continue
+        limit, inclusive = bound
+        ok = (value >= limit if inclusive else value > limit) if is_low else (
+            value <= limit if inclusive else value < limit)
+        if not ok:
+            relation = (">=" if inclusive else ">") if is_low else ("<=" if inclusive else "<")
+            raise ConfigError(f"{key}: must be {relation} {limit}, got {value}")
 
 
 # -- reading ------------------------------------------------------------------------------------------------

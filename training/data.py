@@ -1,13 +1,16 @@
 """Training records and how one becomes token ids + labels.
 
-Records come from a JSONL file (read lazily by line offset, so a large file is not held in memory), a folder
-written by ``datasets.Dataset.save_to_disk``, or a dataset name for ``datasets.load_dataset``. A record is
+Records come from a JSONL file (read lazily by line offset, so a large file is not held in memory), a ``.json``
+file holding an array of rows, a parquet / arrow / csv file, a folder written by ``datasets.Dataset.save_to_disk``,
+a folder of data files, or a dataset name (the last two through ``datasets.load_dataset``). A record is
 
 - **chat**: ``{"messages": [{"role": "user", "content": [{"type": "image", "image": "images/a.png"},
   {"type": "text", "text": "What is the total?"}]}, {"role": "assistant", "content": "$12.40"}]}``.
   Content is a string or a list of parts. An image part names its image in ``image`` (a path relative to
   the JSONL's folder or ``data.image_root``, an absolute path, a ``data:`` URI, bytes, a PIL image, a
   ``{"bytes", "path"}`` dict); a part without one takes the next entry of the record's ``images`` column.
+  LLaMA-Factory / ms-swift rows (``"content": "<image>What is the total?"`` + ``"images": [...]``) and sharegpt
+  rows (``conversations`` with ``from`` / ``value``) work too: see ``conversation.py`` for the rules.
   The loss covers the assistant turns (the chat template's ``{% generation %}`` blocks), or every token
   with ``loss_on: all``; image tokens never carry loss.
 - **text**: ``{"text": "..."}`` for pretraining: ``<bos> text <eos>``, loss on every token.
@@ -16,10 +19,13 @@ Text-only samples need only the tokenizer. Samples with images go through the pr
 ``<image>`` placeholder into ``<start_of_image>`` + N × ``<image_soft_token>`` + ``<end_of_image>``; the
 assistant mask is computed on the template's unexpanded ids and carried across the expansion.
 
-A sample that cannot be used raises :class:`InvalidSample` naming the record (file and line, and its ``id``)
-and the reason: an image that does not load, a sample longer than ``seq_len`` (never truncated: that could
-cut an image span or the answer), no token to train on. The row stream raises it or, with
-``on_invalid: skip``, skips the sample and counts it.
+A sample that cannot be used raises :class:`InvalidSample` naming the record (file and line or row index, and its
+``id``) and the reason (``InvalidSample.reason``): ``image`` (does not load, or the processor refuses it, e.g. an
+extreme aspect ratio), ``image_count`` (placeholders and images differ in number), ``image_token`` (an expanded-image
+token typed in text), ``unsupported`` (a video part or column), ``malformed`` (not UTF-8 / JSON, an unknown role,
+null content), ``overlength`` (never truncated: that could cut an image span or the answer), ``no_targets``. The
+row stream raises it or, with ``on_invalid: skip``, skips the sample and counts it once. ``SampleEncoder`` is a
+function of one record, so it runs in ``DataLoader`` workers.
 """
 
 from __future__ import annotations
@@ -32,9 +38,12 @@ from typing import Any, Sequence
 
 import torch
 
+from zaya_vl.tokenization import IMAGE_PLACEHOLDER, IMAGE_TOKEN, VISION_END_TOKEN, VISION_START_TOKEN
 from zaya_vl.training.config import DataConfig
+from zaya_vl.training.conversation import read_conversation, text_reserved
 
 IGNORE_INDEX = -100
+TEXT_IMAGE_MARKER = IMAGE_PLACEHOLDER  # "<image>" in a row's text: where the row's next image goes
 
 
 class DataError(ValueError):
@@ -104,7 +113,10 @@ class JsonlRecords(Sequence):
         self._handle.seek(offset)
         line = self._handle.readline()
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise InvalidSample(self.describe(index), "malformed", f"not valid UTF-8: byte "
+                                f"0x{line[error.start]:02x} at column {error.start + 1}") from None
         except json.JSONDecodeError as error:
             raise InvalidSample(self.describe(index), "malformed", f"not valid JSON ({error})") from None
         if not isinstance(record, dict):
@@ -132,13 +144,53 @@ class DatasetRecords(Sequence):
         return f"{self.name}[{index}]"
 
 
+class JsonArrayRecords(Sequence):
+    """A ``.json`` file holding one array of row objects (LLaMA-Factory's usual dataset file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            rows = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not valid UTF-8 (byte offset {error.start})") from None
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: a .json data file must hold an array of rows, got {type(rows).__name__}")
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.rows[index]
+        if not isinstance(record, dict):
+            raise InvalidSample(self.describe(index), "malformed", "each row must be a JSON object")
+        return record
+
+    def describe(self, index: int) -> str:
+        return f"{self.path.name}[{index}]"
+
+
+# Single data files that datasets' packaged builders read (load_dataset("parquet", data_files=...)).
+_DATASETS_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
+
+
 def open_records(config: DataConfig) -> tuple[Sequence, Path | None]:
-    """The records of ``config.train`` and the folder relative image paths resolve against."""
+    """The records of ``config.train`` and the folder relative image paths resolve against: a JSONL file, a
+    ``.json`` array, a parquet / arrow / csv file, a ``save_to_disk`` folder, a folder of data files (read by
+    ``datasets.load_dataset``), or a dataset name on the hub (``datasets.load_dataset``)."""
     source = config.train
     path = Path(source).expanduser()
     image_root = Path(config.image_root).expanduser() if config.image_root else None
     if path.is_file():
-        return JsonlRecords(path), image_root or path.parent.resolve()
+        root = image_root or path.parent.resolve()
+        if path.suffix in _DATASETS_BUILDERS:
+            return _load_dataset(_DATASETS_BUILDERS[path.suffix], config, data_files=str(path), split="train",
+                                 name=path.name), root
+        if path.suffix == ".json" and _starts_with_array(path):
+            return JsonArrayRecords(path), root
+        return JsonlRecords(path), root
     if path.is_dir():
         import datasets
 
@@ -152,16 +204,30 @@ def open_records(config: DataConfig) -> tuple[Sequence, Path | None]:
         jsonl = path / f"{config.split}.jsonl"
         if jsonl.is_file():
             return JsonlRecords(jsonl), image_root or path.resolve()
-        raise DataError(f"{path} is a folder with neither a saved dataset nor {jsonl.name}")
-    if source.endswith((".jsonl", ".json")) or os.sep in source and not _looks_like_hub_name(source):
+        # A folder of data files (parquet, json, csv, …): datasets finds the split's files by name.
+        return _load_dataset(str(path), config, name=f"{path.name}/{config.split}"), image_root or path.resolve()
+    looks_local = os.sep in source and not _looks_like_hub_name(source)
+    if source.endswith((".jsonl", ".json", *_DATASETS_BUILDERS)) or looks_local:
         raise DataError(f"data file not found: {source}")
+    return _load_dataset(source, config, name=f"{source}/{config.split}"), image_root
+
+
+def _load_dataset(source: str, config: DataConfig, *, name: str, split: str | None = None,
+                  **kwargs) -> "DatasetRecords":
     import datasets
 
+    split = split or config.split
     try:
-        loaded = datasets.load_dataset(source, config.dataset_config, split=config.split)
+        loaded = datasets.load_dataset(source, config.dataset_config, split=split, **kwargs)
     except Exception as error:  # noqa: BLE001 - datasets raises many types; name the source in one message
-        raise DataError(f"could not load dataset {source!r} (split {config.split!r}): {error}") from error
-    return DatasetRecords(loaded, f"{source}/{config.split}"), image_root
+        raise DataError(f"could not load dataset {source!r} (split {split!r}): {error}") from error
+    return DatasetRecords(loaded, name)
+
+
+def _starts_with_array(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
 
 
 def _looks_like_hub_name(source: str) -> bool:
@@ -178,11 +244,21 @@ class SampleEncoder:
         self._glyph_ids: dict[str, int] = {}
         # A VL checkpoint may keep its chat template on the processor rather than on the tokenizer.
         self.chat_template = getattr(tokenizer, "chat_template", None) or getattr(processor, "chat_template", None)
-        self.placeholder_id = _token_id(tokenizer, "<image>")
+        # What the chat template writes for an image part and the processor expands (``<image>`` for processors this
+        # package saves; the image token itself, e.g. ``<image_soft_token>``, for the reference "repeat" processors).
+        self.placeholder = getattr(processor, "image_placeholder", None) or IMAGE_PLACEHOLDER
+        self.placeholder_id = _token_id(tokenizer, self.placeholder)
+        span = tuple(getattr(processor, attribute, None) or default for attribute, default in (
+            ("image_token", IMAGE_TOKEN), ("vision_start_token", VISION_START_TOKEN),
+            ("vision_end_token", VISION_END_TOKEN)))
+        # Typed in text, the model's image tokens would fake an image, so text may not hold them; ``<image>`` in text
+        # is the data's image marker (LLaMA-Factory, ms-swift, sharegpt), whatever the processor's placeholder is.
+        self.reserved_tokens = tuple(dict.fromkeys(
+            token for token in (*span, self.placeholder)
+            if token != TEXT_IMAGE_MARKER and _token_id(tokenizer, token) is not None))
         self.image_token_ids = {i for i in (
-            getattr(processor, "image_token_id", None),
-            _token_id(tokenizer, "<image_soft_token>"), _token_id(tokenizer, "<start_of_image>"),
-            _token_id(tokenizer, "<end_of_image>"), self.placeholder_id) if i is not None}
+            getattr(processor, "image_token_id", None), *(_token_id(tokenizer, token) for token in span),
+            self.placeholder_id) if i is not None}
 
     def __call__(self, record: dict, where: str) -> Encoded:
         where = _with_id(where, record)
@@ -190,26 +266,39 @@ class SampleEncoder:
         if kind == "text":
             encoded = self._text(record, where)
         else:
-            encoded = self._chat(record, where)
+            encoded = self._chat(record, kind, where)
         if not any(label != IGNORE_INDEX for label in encoded.labels[1:]):
             raise InvalidSample(where, "no_targets", "no token to train on (no assistant turn?)")
         return encoded
 
     def _format(self, record: dict, where: str) -> str:
-        columns = self.config.messages_column, self.config.text_column
-        if self.config.format == "chat" or self.config.format == "auto" and record.get(columns[0]) is not None:
-            if record.get(columns[0]) is None:
-                raise InvalidSample(where, "malformed", f"no {columns[0]!r} field (data.messages_column)")
-            return "chat"
-        if record.get(columns[1]) is None:
-            raise InvalidSample(where, "malformed", f"neither {columns[0]!r} (chat) nor {columns[1]!r} (text) "
-                                f"field; the record has {sorted(record)}")
+        """``"text"``, or the column holding the conversation (messages or sharegpt conversations)."""
+        config = self.config
+        required = {"chat": (config.messages_column, "data.messages_column"),
+                    "sharegpt": (config.conversations_column, "data.conversations_column"),
+                    "text": (config.text_column, "data.text_column")}
+        if config.format != "auto":
+            column, key = required[config.format]
+            if record.get(column) is None:
+                raise InvalidSample(where, "malformed", f"no {column!r} field ({key}; data.format={config.format})")
+            return "text" if config.format == "text" else column
+        for column in (config.messages_column, config.conversations_column):
+            if record.get(column) is not None:
+                return column
+        if record.get(config.text_column) is None:
+            raise InvalidSample(where, "malformed", f"none of {config.messages_column!r} (chat), "
+                                f"{config.conversations_column!r} (sharegpt) or {config.text_column!r} (text); "
+                                f"the record has {sorted(record)}")
         return "text"
 
     def _text(self, record: dict, where: str) -> Encoded:
         text = record[self.config.text_column]
         if not isinstance(text, str):
             raise InvalidSample(where, "malformed", f"{self.config.text_column!r} must be a string")
+        token = text_reserved(text, (TEXT_IMAGE_MARKER, *self.reserved_tokens))
+        if token is not None:
+            raise InvalidSample(where, "image_token", f"the text holds {token!r}, an image token; text rows carry "
+                                "no images (write image rows as chat rows with an images column)")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if self.tokenizer.bos_token_id is not None:
             ids = [self.tokenizer.bos_token_id] + ids
@@ -217,11 +306,16 @@ class SampleEncoder:
             ids = ids + [self.tokenizer.eos_token_id]
         return Encoded(ids, list(ids), where)
 
-    def _chat(self, record: dict, where: str) -> Encoded:
-        messages = record[self.config.messages_column]
-        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
-            raise InvalidSample(where, "malformed", "messages must be a list of {'role', 'content'} objects")
-        sources = self._image_sources(record, messages, where)
+    def _chat(self, record: dict, column: str, where: str) -> Encoded:
+        def invalid(reason: str, detail: str) -> InvalidSample:
+            return InvalidSample(where, reason, detail)
+
+        conversation = read_conversation(
+            record, column=column, images_column=self.config.images_column,
+            system_column=self.config.system_column or None, placeholder=TEXT_IMAGE_MARKER,
+            reserved_tokens=self.reserved_tokens, invalid=invalid)
+        messages = conversation.messages
+        sources = [(self._resolve(source), _image_name(source, k)) for k, source in enumerate(conversation.images)]
         try:
             templated = self.tokenizer.apply_chat_template(
                 messages, chat_template=self.chat_template, tokenize=True, return_dict=True,
@@ -229,6 +323,10 @@ class SampleEncoder:
         except Exception as error:  # noqa: BLE001 - jinja errors name the template, not the record
             raise InvalidSample(where, "malformed", f"the chat template failed on this record: {error}") from None
         ids, mask = list(templated["input_ids"]), list(templated["assistant_masks"])
+        written = ids.count(self.placeholder_id) if self.placeholder_id is not None else 0
+        if sources and written != len(sources):
+            raise InvalidSample(where, "image_count", f"the chat template wrote {written} image placeholders for the "
+                                f"row's {len(sources)} images (does it render every image part?)")
         pixel_values = image_grid_thw = cell_labels = None
         if sources:
             ids, mask, pixel_values, image_grid_thw = self._expand_images(messages, sources, ids, mask, where)
@@ -241,6 +339,20 @@ class SampleEncoder:
             labels = list(ids)
         labels = [IGNORE_INDEX if token in self.image_token_ids else label for token, label in zip(ids, labels)]
         return Encoded(ids, labels, where, pixel_values, image_grid_thw, cell_labels)
+
+    def _expansions(self, image_grid_thw: torch.Tensor) -> list[list[int]]:
+        """The tokens each image's placeholder becomes: N = t·h·w / merge² image tokens, inside
+        ``<start_of_image>`` … ``<end_of_image>`` with the processor's ``span`` expansion (``repeat``: bare)."""
+        processor = self.processor
+        merge = processor.image_processor.merge_size
+        span = getattr(processor, "image_expansion", "span") == "span"
+        out = []
+        for t, h, w in image_grid_thw.tolist():
+            tokens = [processor.image_token_id] * (t * h * w // merge**2)
+            if span:
+                tokens = [processor.vision_start_token_id, *tokens, processor.vision_end_token_id]
+            out.append(tokens)
+        return out
 
     def _cell_labels(self, ids: list[int], image_grid_thw: torch.Tensor, cells: list[list[str] | None],
                      names: list[str], where: str) -> list[int]:
@@ -272,23 +384,6 @@ class SampleEncoder:
             self._glyph_ids[glyph] = ids[0] if len(ids) == 1 else IGNORE_INDEX
         return self._glyph_ids[glyph]
 
-    def _image_sources(self, record: dict, messages: list[dict], where: str) -> list[tuple[Any, str]]:
-        """(source, name) for each image part, in order."""
-        column = record.get(self.config.images_column) or []
-        if not isinstance(column, (list, tuple)):
-            column = [column]
-        sources, from_column = [], 0
-        for part in _image_parts(messages):
-            source = next((part[k] for k in ("image", "path", "url") if part.get(k) is not None), None)
-            if source is None:
-                if from_column >= len(column):
-                    raise InvalidSample(where, "image", f"image part {len(sources)} names no image and the "
-                                        f"{self.config.images_column!r} column has only {len(column)}")
-                source = column[from_column]
-                from_column += 1
-            sources.append((self._resolve(source), _image_name(source, len(sources))))
-        return sources
-
     def _resolve(self, source: Any) -> Any:
         if isinstance(source, str) and self.image_root is not None and not source.startswith(("data:", "file:")):
             if not os.path.isabs(source):
@@ -310,26 +405,28 @@ class SampleEncoder:
         prompt = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False)
         try:
             processed = self.processor(images=images, text=[prompt], return_tensors="pt", add_special_tokens=False)
-        except ImageLoadError as error:
-            raise InvalidSample(where, "image", f"image could not be processed: {error}") from None
+        except ValueError as error:  # ImageLoadError, and transformers' smart_resize on an extreme aspect ratio
+            sizes = ", ".join(f"{name} ({image.width}x{image.height})" for (_, name), image in zip(sources, images))
+            raise InvalidSample(where, "image", f"the processor refused the image(s) {sizes}: {error}") from None
         expanded = processed["input_ids"][0].tolist()
-        expanded_mask = _carry_mask(ids, mask, expanded, self.placeholder_id, self.image_token_ids, where)
+        expansions = self._expansions(processed["image_grid_thw"])
+        expanded_mask = _carry_mask(ids, mask, expanded, self.placeholder_id, expansions, where)
         return expanded, expanded_mask, processed["pixel_values"], processed["image_grid_thw"]
 
 
 def _carry_mask(ids: list[int], mask: list[int], expanded: list[int], placeholder_id: int | None,
-                image_token_ids: set[int], where: str) -> list[int]:
-    """The assistant mask of the template's ids, carried onto the processor's ids, in which each placeholder
-    became a run of image tokens. Anything else that differs is an error (a tokenizer/processor mismatch)."""
-    out, j = [], 0
+                expansions: list[list[int]], where: str) -> list[int]:
+    """The assistant mask of the template's ids, carried onto the processor's ids, in which the k-th placeholder
+    became ``expansions[k]``. Anything else that differs is an error (a tokenizer/processor mismatch)."""
+    out, j, k = [], 0, 0
     for token, keep in zip(ids, mask):
         if token == placeholder_id:
-            start = j
-            while j < len(expanded) and expanded[j] in image_token_ids:
-                j += 1
-            if j == start:
-                raise DataError(f"{where}: the processor did not expand the image placeholder at token {len(out)}")
-            out.extend([0] * (j - start))
+            expansion = expansions[k] if k < len(expansions) else None
+            if expansion is None or expanded[j:j + len(expansion)] != expansion:
+                raise DataError(f"{where}: the processor did not expand image placeholder {k} (token {len(out)}) "
+                                "into that image's tokens")
+            out.extend([0] * len(expansion))
+            j, k = j + len(expansion), k + 1
             continue
         if j >= len(expanded) or expanded[j] != token:
             raise DataError(f"{where}: the processor's token ids differ from the chat template's at token "
@@ -366,5 +463,5 @@ def _with_id(where: str, record: dict) -> str:
     return f"{where} (id={record_id})" if record_id is not None else where
 
 
-__all__ = ["DataError", "DatasetRecords", "Encoded", "IGNORE_INDEX", "InvalidSample", "JsonlRecords",
-           "SampleEncoder", "open_records"]
+__all__ = ["DataError", "DatasetRecords", "Encoded", "IGNORE_INDEX", "InvalidSample", "JsonArrayRecords",
+           "JsonlRecords", "SampleEncoder", "open_records"]

@@ -91,6 +91,15 @@ def apply_freezing(model: nn.Module, stage: str, is_vl: bool, train_patterns: li
         selected[id(param)] = selected.get(id(param), False) or chosen
         frozen[id(param)] = frozen.get(id(param), False) or _matches(plain, freeze_patterns)
     decisions = {key: selected[key] and not frozen[key] for key in selected}
+    if with_lora:
+        # The LoRA matrices are what a LoRA run trains; a broad freeze pattern (the vl_sft example's
+        # "model.layers.*.mlp.*") would silently freeze an expert LoRA.
+        for (name, param), plain in zip(named, plain_names):
+            if any(marker in name for marker in PEFT_MARKERS) and frozen[id(param)]:
+                pattern = next(p for p in freeze_patterns if fnmatch.fnmatchcase(plain, p))
+                raise ConfigError(f"freeze.freeze: pattern {pattern!r} freezes the LoRA matrix {plain}; narrow it "
+                                  "to the base weights (e.g. 'model.layers.*.mlp.gate.*' for the routers) or drop "
+                                  "that LoRA target")
 
     seen = set()
     trainable_count = total = 0

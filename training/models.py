@@ -125,7 +125,15 @@ def upcast_trainable_(model: nn.Module) -> None:
             param.data = param.data.float()
 
 
+# The only parameters PEFT's ``target_parameters`` may adapt: the fused 3-D expert weights, which ``ZayaExperts``
+# reads as module attributes inside its forward (so the ParamWrapper's parametrization is seen by every kernel
+# path). Any other parameter is either a Linear weight (use ``target_modules``) or one the model reads directly.
+_PEFT_PARAMETER_OWNERS = ("ZayaExperts",)
+
+
 def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
+    """Wrap ``model`` in a PEFT LoRA model: ``target_modules`` name Linear layers, ``target_parameters`` the 3-D
+    expert weights (``mlp.experts.gate_up_proj`` / ``mlp.experts.down_proj``, PEFT's ``ParamWrapper``)."""
     try:
         import peft
     except ImportError:
@@ -139,32 +147,61 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
                 raise ConfigError(
                     f"lora.target_modules: {leaf!r} ({name}) cannot take a PEFT adapter: the model reads its "
                     "weight directly (the fp32 router), so the adapter would never run. Target the attention "
-                    "projections (q_proj, k_proj, v_proj_current, v_proj_delayed, o_proj), or train these weights "
-                    "by name pattern (freeze.train)")
+                    "projections (q_proj, k_proj, v_proj_current, v_proj_delayed, o_proj), the experts with "
+                    "lora.target_parameters (mlp.experts.gate_up_proj, mlp.experts.down_proj), or train these "
+                    "weights by name pattern (freeze.train)")
+    _check_target_parameters(model, config)
     lora_config = peft.LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                                  target_modules=list(config.target_modules), bias="none")
+                                  target_modules=list(config.target_modules),
+                                  target_parameters=list(config.target_parameters) or None, bias="none")
     try:
         return peft.get_peft_model(model, lora_config)
     except ValueError as error:
-        raise ConfigError(f"lora.target_modules {config.target_modules}: {error}") from None
+        raise ConfigError(f"lora.target_modules {config.target_modules} / lora.target_parameters "
+                          f"{config.target_parameters}: {error}") from None
+
+
+def _check_target_parameters(model: nn.Module, config: LoraConfig) -> None:
+    """Every ``lora.target_parameters`` entry matches (as PEFT matches: the full name or a dotted suffix of
+    ``module.parameter``) at least one parameter, and only parameters of the experts."""
+    if not config.target_parameters:
+        return
+    if config.dropout:
+        raise ConfigError(f"lora.dropout: must be 0 with lora.target_parameters (PEFT applies a parameter's LoRA "
+                          f"as a weight delta, where dropout cannot act), got {config.dropout}")
+    owners = {name: type(module).__name__ for name, module in model.named_modules()}
+    for target in config.target_parameters:
+        matched = []
+        for name, _ in model.named_parameters():
+            if name == target or name.endswith("." + target):
+                owner = owners.get(name.rpartition(".")[0], type(model).__name__)
+                if owner not in _PEFT_PARAMETER_OWNERS:
+                    raise ConfigError(
+                        f"lora.target_parameters: {target!r} matches {name}, a parameter of {owner}; only the "
+                        "experts' 3-D weights (mlp.experts.gate_up_proj, mlp.experts.down_proj) are adapted by "
+                        "parameter. Use lora.target_modules for Linear layers")
+                matched.append(name)
+        if not matched:
+            raise ConfigError(f"lora.target_parameters: {target!r} matches no parameter of the model (the expert "
+                              "weights are named like model.layers.0.mlp.experts.gate_up_proj)")
 
 
 def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str | Path,
                with_lora: bool) -> Path | None:
-    """Collective. ``save_pretrained`` the trained model (LoRA merged in) + tokenizer/processor, atomically:
-    written to ``.tmp-final`` and renamed, so ``final/`` is either absent or complete."""
+    """Collective. ``save_pretrained`` the trained model + tokenizer/processor, atomically: written to
+    ``.tmp-final`` and renamed, so ``final/`` is either absent or complete. With PEFT LoRA, ``final/`` holds the
+    merged model and ``final/adapter/`` the adapter alone (``PeftModel.from_pretrained(base, final/adapter)``)."""
     out_dir = Path(out_dir)
     temporary = out_dir.with_name(f".tmp-{out_dir.name}")
     unwrapped = accelerator.unwrap_model(model)
-    if with_lora:
-        state_dict = None
-        if accelerator.is_main_process:
-            unwrapped = unwrapped.merge_and_unload()
-    else:
-        state_dict = accelerator.get_state_dict(model)
+    state_dict = None if with_lora else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         if temporary.exists():
             shutil.rmtree(temporary)
+        if with_lora:
+            # The adapter first: merging folds the LoRA matrices into the base weights and removes them.
+            save_adapter(unwrapped, temporary / ADAPTER_DIR)
+            unwrapped = unwrapped.merge_and_unload()
         unwrapped.save_pretrained(temporary, state_dict=state_dict, safe_serialization=True)
         (bundle.processor or bundle.tokenizer).save_pretrained(temporary)
         if out_dir.exists():
@@ -174,4 +211,81 @@ def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str 
     return out_dir
 
 
-__all__ = ["ModelBundle", "add_lora", "build_model", "model_kind", "save_final", "upcast_trainable_"]
+ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def save_adapter(peft_model: nn.Module, folder: Path) -> None:
+    """``peft_model.save_pretrained(folder)``, plus what else the run changed, so that base + adapter = the merged
+    model: the trainable parameters that are not LoRA matrices (a VL stage's merger and vision LoRA, patterns in
+    ``freeze.train``) and the routers' balancing biases (buffers the balancing controller steers). They are stored
+    in the adapter's safetensors under their PEFT names, which ``PeftModel.from_pretrained`` loads with the LoRA
+    weights (its ``load_state_dict`` takes every key that names a model tensor)."""
+    from safetensors.torch import load_file, save_file
+
+    from zaya_vl.training.freezing import PEFT_MARKERS
+
+    peft_model.save_pretrained(folder, safe_serialization=True)
+    extra = {name: param.detach() for name, param in peft_model.named_parameters()
+             if param.requires_grad and not any(marker in name for marker in PEFT_MARKERS)}
+    extra.update({name: buffer for name, buffer in peft_model.named_buffers() if name.endswith("balancing_biases")})
+    if extra:
+        path = folder / ADAPTER_WEIGHTS
+        weights = load_file(path)
+        weights.update({name: tensor.contiguous().cpu() for name, tensor in extra.items()})
+        save_file(weights, path, metadata={"format": "pt"})
+
+
+def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, dtype: str = "float32",
+                  overwrite: bool = False) -> Path:
+    """Load ``base`` (a ZAYA1 or ZAYA1-VL checkpoint), apply the PEFT ``adapter`` folder, fold it in and
+    ``save_pretrained`` the merged model with ``base``'s tokenizer / processor to ``out`` (written to a temporary
+    folder and renamed, so ``out`` is complete or absent)."""
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError("merging a LoRA adapter needs the `peft` package (pip install peft)") from None
+    adapter, out = Path(adapter), Path(out)
+    if not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
+    kind = model_kind(ModelConfig(path=str(base)))
+    if kind == "vl":
+        from zaya_vl import ZayaVL as model_class
+    else:
+        from zaya_vl.lm import ZayaLM as model_class
+    model = model_class.from_pretrained(str(base), dtype=getattr(torch, dtype))
+    try:
+        merged = peft.PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise ConfigError(f"{adapter}: the adapter does not fit the base model {base}: {error}") from None
+    temporary = out.with_name(f".tmp-{out.name}")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    merged.save_pretrained(temporary, safe_serialization=True)
+    preprocessor = _load_preprocessor(str(base), kind)
+    if preprocessor is not None:
+        preprocessor.save_pretrained(temporary)
+    else:
+        logger.warning("%s has no %s to copy; %s holds the weights only", base,
+                       "processor" if kind == "vl" else "tokenizer", out)
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(temporary, out)
+    return out
+
+
+def _load_preprocessor(path: str, kind: str):
+    try:
+        if kind == "vl":
+            return _load_processor(path)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, ConfigError):
+        return None
+
+
+__all__ = ["ADAPTER_DIR", "ModelBundle", "add_lora", "build_model", "merge_adapter", "model_kind", "save_adapter",
+           "save_final", "upcast_trainable_"]

@@ -14,7 +14,7 @@ global batch, so a run's data do not depend on how many processes share it.
 
 A text-only sample longer than ``seq_len`` is invalid unless ``split_long_documents`` cuts it into
 ``seq_len`` pieces (each piece its own document). Invalid samples raise, or with ``on_invalid: skip`` are
-skipped and counted by reason.
+skipped and counted by reason, each bad record once (and warned about once), however many epochs visit it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class RowStream:
         self.on_invalid, self.split_long_documents = on_invalid, split_long_documents
         self.warn = warn or logger.warning
         self.epoch = self.cursor = self.piece = self.rows_in_epoch = 0
-        self.skipped: Counter = Counter()
+        self.skipped: Counter = Counter()  # bad records by reason, each counted once however many epochs visit it
+        self.skipped_records: set[int] = set()
         self._order_epoch, self._order = None, None
         self._cache: tuple[tuple, list[Encoded] | InvalidSample] | None = None
 
@@ -67,7 +68,7 @@ class RowStream:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, "piece": self.piece,
                 "rows_in_epoch": self.rows_in_epoch, "skipped": dict(self.skipped), "seed": self.seed,
-                "num_records": len(self.records)}
+                "num_records": len(self.records), "skipped_records": sorted(self.skipped_records)}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("num_records", len(self.records)) != len(self.records):
@@ -76,6 +77,7 @@ class RowStream:
         self.epoch, self.cursor, self.piece = state["epoch"], state["cursor"], state["piece"]
         self.rows_in_epoch = state["rows_in_epoch"]
         self.skipped = Counter(state["skipped"])
+        self.skipped_records = set(state.get("skipped_records", ()))
 
     @property
     def total_skipped(self) -> int:
@@ -159,10 +161,13 @@ class RowStream:
     def _skip(self, error: InvalidSample) -> None:
         if self.on_invalid != "skip":
             raise error
-        self.skipped[error.reason] += 1
-        total = self.total_skipped
-        if total <= WARN_FIRST or total % 100 == 0:
-            self.warn(f"skipped {error} ({total} skipped so far: {dict(self.skipped)})")
+        index = int(self.order(self.epoch)[self.cursor])
+        if index not in self.skipped_records:  # a later epoch skips it again, silently
+            self.skipped_records.add(index)
+            self.skipped[error.reason] += 1
+            total = self.total_skipped
+            if total <= WARN_FIRST or total % 100 == 0:
+                self.warn(f"skipped {error} ({total} skipped so far: {dict(self.skipped)})")
         self.cursor, self.piece = self.cursor + 1, 0
 
 

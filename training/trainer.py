@@ -20,6 +20,8 @@ import json
 import logging
 import math
 import os
+import pickle
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +29,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
+from zaya_vl.fileio import OutputLock, OutputLockedError, write_atomic
 from zaya_vl.training import balancing
 from zaya_vl.training.checkpoint import (complete_checkpoints, latest_checkpoint, load_checkpoint,
                                          save_checkpoint, write_json_atomic)
@@ -96,8 +99,9 @@ class Trainer:
     """Holds the pieces of one run; :func:`train` is the entry point."""
 
     def __init__(self, config: RunConfig, resume: bool | str | None = False, tokenizer=None,
-                 processor=None) -> None:
+                 processor=None, overwrite: bool = False) -> None:
         self.config = config
+        self.overwrite = overwrite
         self.output_dir = Path(config.output_dir)
         self.checkpoint_root = self.output_dir / "checkpoints"
         loop = config.train
@@ -121,7 +125,13 @@ class Trainer:
             step_scheduler_with_optimizer=False,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(find_unused))],
         )
-        self.resume_path = self._resume_path(resume)
+        self.output_lock = self._lock_output_dir()
+        try:
+            self.resume_path = self._resume_path(resume)
+        except BaseException:
+            if self.output_lock is not None:
+                self.output_lock.release()
+            raise
         if loop.tensorboard and not self.tensorboard:
             self._warn("train.tensorboard is on but the tensorboard package is not installed (pip install "
                        "tensorboard): logging to metrics.jsonl only")
@@ -170,16 +180,56 @@ class Trainer:
         self.metrics: list[dict] = []
 
     # -- setup helpers -----------------------------------------------------------------------------------
+    def _lock_output_dir(self) -> OutputLock | None:
+        """One run per output folder: a second live run would mix metrics and delete the other's checkpoints.
+        The main process holds the lock; every process learns whether it got it, so none is left waiting."""
+        lock, refusal = None, None
+        if self.accelerator.is_main_process:
+            try:
+                lock = OutputLock(self.output_dir, "zaya-vl train").acquire()
+            except OutputLockedError as error:
+                refusal = str(error)
+        if self.accelerator.num_processes > 1:
+            refusal = broadcast_object_list([refusal])[0]
+        if refusal:
+            raise ConfigError(refusal)
+        return lock
+
     def _resume_path(self, resume) -> Path | None:
         existing = complete_checkpoints(self.checkpoint_root)
         if resume is True:
-            return latest_checkpoint(self.checkpoint_root)
+            latest = latest_checkpoint(self.checkpoint_root)
+            if latest is None:
+                # Nothing to continue. A run killed before its first checkpoint is simply started again (so
+                # `--resume` stays safe to always pass); a finished one is not silently trained over.
+                self._refuse_earlier_run("there is no checkpoint to resume from", only=("final",))
+            return latest
         if resume:
             return Path(resume)
         if existing:
-            raise ConfigError(f"{self.output_dir} already has checkpoints (newest {existing[-1][1].name}); "
-                              "pass --resume to continue that run, or choose another output_dir")
+            self._refuse_earlier_run(f"it has checkpoints (newest {existing[-1][1].name}); pass --resume to "
+                                     "continue that run")
+        self._refuse_earlier_run("")
         return None
+
+    def _refuse_earlier_run(self, reason: str, only: tuple[str, ...] = ("final", "metrics.jsonl", "checkpoints")
+                            ) -> None:
+        """Starting fresh over an earlier run's ``final/``, ``metrics.jsonl`` or checkpoints replaces them: only
+        with ``overwrite``, which clears them first so nothing of the old run mixes into the new one. ``only``: the
+        outputs whose presence refuses (all of them are cleared under ``overwrite``)."""
+        if not any(_has_content(self.output_dir / name) for name in only):
+            return
+        earlier = [name for name in ("final", "metrics.jsonl", "checkpoints") if _has_content(self.output_dir / name)]
+        if not self.overwrite:
+            reason = f"; {reason}" if reason else ""
+            raise ConfigError(f"{self.output_dir} holds an earlier run ({', '.join(earlier)}){reason}. Pass "
+                              "--resume to continue it, --overwrite to replace it, or choose another output_dir")
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            for name in earlier:
+                target = self.output_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        self.accelerator.wait_for_everyone()
 
     def _configure_deepspeed(self) -> None:
         """DeepSpeed needs the micro-batch size (there is no prepared DataLoader to read it from) and does the
@@ -254,7 +304,13 @@ class Trainer:
         if self.controller is not None:
             balancing_file = path / BALANCING_STATE
             if balancing_file.is_file():
-                self.controller.load_state_dict(torch.load(balancing_file, weights_only=False))
+                # Only tensors and plain values: a checkpoint someone hands us must not run code when read.
+                try:
+                    balancing_state = torch.load(balancing_file, map_location="cpu", weights_only=True)
+                except pickle.UnpicklingError as error:
+                    raise ConfigError(f"{balancing_file}: refused, it holds more than tensors and plain values "
+                                      f"(loading it would run code): {error}") from None
+                self.controller.load_state_dict(balancing_state)
         self.step = int(state["step"])
         if self.accelerator.is_main_process:
             self._truncate_metrics(self.step)
@@ -274,9 +330,7 @@ class Trainer:
             return
         kept = [line for line in path.read_text().splitlines()
                 if line.strip() and _parse_step(line) is not None and _parse_step(line) <= step]
-        temporary = path.with_name(".metrics.jsonl.tmp")
-        temporary.write_text("".join(line + "\n" for line in kept))
-        temporary.replace(path)
+        write_atomic(path, "".join(line + "\n" for line in kept))
 
     # -- the loop ----------------------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -396,6 +450,10 @@ def _tensorboard_available() -> bool:
     return is_tensorboard_available()
 
 
+def _has_content(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir()) or path.is_file() and path.stat().st_size > 0
+
+
 def _parse_step(line: str) -> int | None:
     try:
         return int(json.loads(line)["step"])
@@ -403,11 +461,17 @@ def _parse_step(line: str) -> int | None:
         return None
 
 
-def train(config: RunConfig, resume: bool | str | None = False, *, tokenizer=None, processor=None) -> TrainResult:
+def train(config: RunConfig, resume: bool | str | None = False, *, tokenizer=None, processor=None,
+          overwrite: bool = False) -> TrainResult:
     """Run ``config`` to ``train.max_steps``. ``resume=True`` continues from the newest complete checkpoint in
     ``output_dir`` (or starts fresh if there is none); a path resumes from that checkpoint. ``tokenizer`` /
     ``processor`` objects replace loading them from the config's ``model.tokenizer`` folder."""
-    return Trainer(config.validate(), resume, tokenizer=tokenizer, processor=processor).run()
+    trainer = Trainer(config.validate(), resume, tokenizer=tokenizer, processor=processor, overwrite=overwrite)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.output_lock is not None:
+            trainer.output_lock.release()
 
 
 __all__ = ["TrainResult", "Trainer", "build_optimizer", "resolve_mixed_precision", "train"]

@@ -10,25 +10,11 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 
 from zaya_vl.conversion import Layout, from_native
-
-
-def _replace_atomically(path: str, write) -> None:
-    temporary = f"{path}.tmp.{os.getpid()}"
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+from zaya_vl.fileio import atomic_path, write_atomic
 
 
 def _write_json(path: str, values: dict) -> None:
-    def write(temporary):
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(values, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    _replace_atomically(path, write)
+    write_atomic(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def save_in_layout(model, save_directory, layout: Layout, config_dict: dict, max_shard_size: str | int = "5GB",
@@ -41,8 +27,8 @@ def save_in_layout(model, save_directory, layout: Layout, config_dict: dict, max
     split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)
     for filename, names in split.filename_to_tensors.items():
         shard = {name: tensors[name] for name in names}
-        _replace_atomically(os.path.join(save_directory, filename),
-                            lambda temporary, shard=shard: save_file(shard, temporary, metadata={"format": "pt"}))
+        with atomic_path(os.path.join(save_directory, filename)) as temporary:
+            save_file(shard, temporary, metadata={"format": "pt"})
     if split.is_sharded:
         _write_json(os.path.join(save_directory, "model.safetensors.index.json"),
                     {"metadata": split.metadata, "weight_map": split.tensor_to_filename})

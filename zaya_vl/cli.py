@@ -5,6 +5,7 @@
     zaya-vl demo [--model DIR] [--limit N]   the bundled tiny model answers example documents, then scores itself
     zaya-vl demo-lm                          generate with the bundled tiny LM, print tokens/s
     zaya-vl train CONFIG [--resume]          text phases and VL stages with accelerate
+    zaya-vl merge BASE ADAPTER OUT           fold a PEFT LoRA adapter (e.g. runs/x/final/adapter) into BASE
     zaya-vl eval --model PATH --tasks ...    DocVQA / AI2D / MathVista, resumable
     zaya-vl score --task T --data D --predictions P.jsonl
 """
@@ -65,6 +66,18 @@ def device_kwargs(args: argparse.Namespace) -> dict:
     return {"device": device, "dtype": getattr(args, "dtype", None)}
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from zaya_vl.training.config import ConfigError
+    from zaya_vl.training.models import merge_adapter
+
+    try:
+        out = merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    except (ConfigError, OSError) as error:
+        raise SystemExit(f"zaya-vl merge: {error}") from None
+    print(f"merged {args.adapter} into {args.base}: {out}")
+    return 0
+
+
 def default_model_path():
     """The tiny ZAYA1-VL bundled with the repository (examples/), trained on synthetic documents."""
     from pathlib import Path
@@ -116,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=_ask)
 
     add_train_args(sub)
+    merge = sub.add_parser("merge", help="fold a PEFT LoRA adapter into its base model and save the result",
+                           description="Load BASE, apply the PEFT adapter folder ADAPTER (a training run's "
+                                       "final/adapter), merge it into the weights and save_pretrained to OUT "
+                                       "with BASE's tokenizer or processor.")
+    merge.add_argument("base", help="base checkpoint folder or hub id (the model the adapter was trained on)")
+    merge.add_argument("adapter", help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    merge.add_argument("out", help="output folder for the merged model")
+    merge.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                       help="dtype the base is loaded, merged and saved in (default: %(default)s)")
+    merge.add_argument("--overwrite", action="store_true", help="replace OUT if it is not empty")
+    merge.set_defaults(func=_merge)
     add_eval_args(sub)
     add_score_args(sub)
     return parser

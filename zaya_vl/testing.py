@@ -116,10 +116,6 @@ def image_prompt(grids: list[tuple[int, int, int]], text_before: int = 3, text_a
     }
 
 
-__all__ = ["TINY_LM", "TINY_VISION", "balance_routing_", "image_prompt", "randomize_", "tiny_lm_config",
-           "tiny_upstream_zaya", "tiny_vl_config"]
-
-
 TINY_CORPUS = [
     "What is the total amount due on this invoice?",
     "The total is 42 dollars and the date is May 3.",
@@ -151,9 +147,6 @@ def build_tiny_processor(corpus=None, vocab_size: int = 320, min_pixels: int = T
     return ZayaVLProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-__all__ += ["TINY_CORPUS", "TINY_PIXELS", "build_tiny_processor"]
-
-
 def tiny_vl_checkpoint(path, seed: int = 0, processor=None, std: float = 0.1, **text_overrides):
     """Write a tiny random ZAYA1-VL checkpoint *with its processor* to ``path``; return (model, processor).
 
@@ -177,4 +170,5 @@ def tiny_vl_checkpoint(path, seed: int = 0, processor=None, std: float = 0.1, **
     return model, processor
 
 
-__all__ += ["tiny_vl_checkpoint"]
+__all__ = ["TINY_CORPUS", "TINY_LM", "TINY_PIXELS", "TINY_VISION", "balance_routing_", "build_tiny_processor",
+           "image_prompt", "randomize_", "tiny_lm_config", "tiny_upstream_zaya", "tiny_vl_checkpoint", "tiny_vl_config"]

@@ -65,7 +65,10 @@ def test_eval_command_runs_with_a_loaded_predictor(tiny_data, table_predictor, a
                      "--output", str(out), "--batch-size", "4", "--limit", "4", "--max-new-tokens", "mathvista=128",
                      "--no-progress"])
     assert code == 0
-    assert loaded == {"model_path": "ckpt/zaya", "batch_size": 4, "temperature": 0.0, "device": None, "dtype": None}
+    import torch
+
+    device_map = "cuda" if torch.cuda.is_available() else None  # the GPU when there is one, else the CPU
+    assert loaded == {"model_path": "ckpt/zaya", "batch_size": 4, "temperature": 0.0, "device_map": device_map}
     results = json.loads((out / "results.json").read_text())
     assert results["tasks"]["mathvista"]["score"] == 75.0  # items 1-3 right, 4 wrong
     assert results["model"] == "ckpt/zaya" and results["config"]["do_sample"] is False

@@ -49,3 +49,55 @@ def test_generate_until_answers_lmms_eval_requests_like_our_assistant(tmp_path):
     assert replies == [truncate_at_stops(reply, ["\n\n"]) for reply in expected]
     with pytest.raises(NotImplementedError):
         model.loglikelihood(requests)
+
+
+def test_model_args_are_checked_and_applied(tmp_path):
+    import torch
+
+    tiny_vl_checkpoint(tmp_path / "model", seed=1)
+    with pytest.raises(ValueError, match=r"unknown --model_args \['max_pixel'\]"):
+        ZayaVLLmms.create_from_arg_string(f"pretrained={tmp_path / 'model'},max_pixel=100000")
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        ZayaVLLmms.create_from_arg_string(f"pretrained={tmp_path / 'model'},dtype=int8")
+    with pytest.raises(ValueError, match="need 0 < min_pixels <= max_pixels"):
+        ZayaVLLmms.create_from_arg_string(f"pretrained={tmp_path / 'model'},min_pixels=9000,max_pixels=4000")
+
+    model = ZayaVLLmms.create_from_arg_string(
+        f"pretrained={tmp_path / 'model'},min_pixels=3136,max_pixels=12544,dtype=bfloat16,device=cpu")
+    assert (model.rank, model.world_size, model.device.type) == (0, 1, "cpu")
+    assert model.model.dtype == torch.bfloat16
+    processor = model.assistant.processor
+    assert (processor.min_pixels, processor.max_pixels) == (3136, 12544)
+    # A 560x560 page goes in at the set budget: at most 12544 pixels = 16 patches of 28x28 = 16 image tokens.
+    page = Image.new("RGB", (560, 560), (255, 255, 255))
+    inputs = processor(images=[[page]], text=["<image>hi"], return_tensors="pt")
+    height, width = (int(v) * 14 for v in inputs["image_grid_thw"][0, 1:])
+    assert height * width <= 12544 and (height, width) == processor.num_image_tokens((560, 560)).resized_hw
+
+
+def test_each_process_of_a_launch_knows_its_rank(tmp_path):
+    """Under `accelerate launch --num_processes 2` (CPU, gloo) each adapter reports its own rank and the world
+    size, which lmms-eval uses to give each process its share of the requests."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    tiny_vl_checkpoint(tmp_path / "model", seed=1)
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import json, sys\n"
+        "from zaya_vl.eval_vl.lmms_adapter import ZayaVLLmms\n"
+        "model = ZayaVLLmms.create_from_arg_string(f'pretrained={sys.argv[1]}')\n"
+        "print('PROBE', json.dumps([model.rank, model.world_size, model.device.type, model.accelerator.num_processes]))\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(script),
+         str(tmp_path / "model")], capture_output=True, text=True, timeout=300, env=env)
+    assert process.returncode == 0, process.stderr[-3000:]
+    reports = sorted(json.loads(line.split("PROBE ", 1)[1]) for line in process.stdout.splitlines() if "PROBE " in line)
+    assert reports == [[0, 2, "cpu", 2], [1, 2, "cpu", 2]]

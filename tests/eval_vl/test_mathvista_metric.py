@@ -3,7 +3,7 @@
 import pytest
 
 from zaya_vl.eval_vl import ItemError, score_prediction
-from zaya_vl.eval_vl.mathvista_answer import extract_choice, extract_number, numbers_in
+from zaya_vl.eval_vl.mathvista_answer import extract_choice, extract_number, mathvista_is_correct, numbers_in
 
 
 def item(answer, answer_type, question_type="free_form", choices=None, precision=None, unit=None, pid="9"):
@@ -152,3 +152,46 @@ def test_missing_fields_name_field_and_id():
         score(item(None, "integer"), "3")
     with pytest.raises(ItemError, match="item 9: missing field 'choices'"):
         score(item("A", "text", "multi_choice", None), "A")
+
+
+# --- runaway replies: bounded memory and work ------------------------------------------------------------
+_RUNAWAY = {
+    "cues on one line": "The answer is 1/2 " * 250_000,  # ~4.5 MB; each cue used to copy the rest of the reply
+    "fractions and numbers": "1/2 3 " * 700_000,  # every number used to be checked against every fraction
+    "nested options": "quarter past " * 300_000,  # every short-option span against every longer one
+}
+
+
+@pytest.mark.parametrize("name", list(_RUNAWAY))
+def test_multi_megabyte_reply_is_read_in_bounded_memory(name):
+    import tracemalloc
+
+    reply = _RUNAWAY[name] + "\nThe answer is 7 (B)"
+    calls = [
+        dict(question_type="free_form", answer_type="integer", answer="7", choices=None),
+        dict(question_type="free_form", answer_type="float", answer="7.0", choices=None),
+        dict(question_type="free_form", answer_type="list", answer="[7]", choices=None),
+        dict(question_type="multi_choice", answer_type="text", answer="quarter past",
+             choices=["quarter", "quarter past", "half past"]),
+    ]
+    tracemalloc.start()
+    try:
+        results = [mathvista_is_correct(reply, places=1, **call) for call in calls]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The reply itself is ~4 MB; a few transient copies of it are fine, a copy per cue (23 GB) is not.
+    assert peak < 8 * len(reply), (name, peak)
+    assert results == [True, True, True, True]  # the final answer, at the end, is what is read
+
+
+def test_long_reply_is_read_as_head_and_tail():
+    from zaya_vl.eval_vl.mathvista_answer import REPLY_HEAD, REPLY_TAIL, bounded
+
+    reply = "B. because " + "x " * 100_000 + "so the total is 12"
+    kept = bounded(reply)
+    assert len(kept) == REPLY_HEAD + REPLY_TAIL + 1 and kept.startswith("B. because") and kept.endswith("is 12")
+    assert mathvista_is_correct(reply, question_type="multi_choice", answer_type="text", answer="8",
+                                choices=["6", "8"], places=0)
+    assert mathvista_is_correct(reply, question_type="free_form", answer_type="integer", answer="12",
+                                choices=None, places=0)

@@ -56,3 +56,29 @@ def test_overrides_and_round_trip(tmp_path):
     assert config.optim.grad_clip is None
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_override({}, "train.max_steps")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.grad_clip=-1", "optim.grad_clip: must be > 0, got -1.0"),  # a negative clip would flip the gradient
+    ("optim.lr=-1e-3", "optim.lr: must be > 0, got -0.001"),
+    ("optim.lr=.nan", "optim.lr: must be a finite number, got nan"),
+    ("optim.lr=.inf", "optim.lr: must be a finite number, got inf"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay: must be >= 0"),
+    ("optim.eps=0", "optim.eps: must be > 0"),
+    ("optim.betas=[0.9, 1.0]", r"optim.betas\[1\]: must be < 1, got 1.0"),
+    ("train.cell_loss_weight=.nan", "train.cell_loss_weight: must be a finite number"),
+    ("train.save_every=0", "train.save_every: must be >= 1, got 0"),
+    ("train.keep_checkpoints=-1", "train.keep_checkpoints: must be >= 0"),
+    ("seed=-3", "seed: must be >= 0, got -3"),
+    ("schedule.min_lr_ratio=1.5", "schedule.min_lr_ratio: must be <= 1, got 1.5"),
+    ("schedule.warmup_steps=-2", "schedule.warmup_steps: must be >= 0"),
+    ("balancing.kp=-0.1", "balancing.kp: must be >= 0"),
+    ("balancing.output_limit=0", "balancing.output_limit: must be > 0"),
+    ("lora.alpha=0", "lora.alpha: must be > 0"),
+    ("lora.dropout=1", "lora.dropout: must be < 1"),
+])
+def test_numeric_ranges_are_checked_and_name_the_key(tmp_path, override, message):
+    path = tmp_path / "c.yaml"
+    save_config(config_from_dict(MINIMAL), path)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, [override])

@@ -122,8 +122,12 @@ def test_overlength_and_skip_mode(assets, helpers, tmp_path, caplog):
     assert [s.where for s in row.samples] == ["mixed.jsonl:1 (id=short0)", "mixed.jsonl:3 (id=short1)"]
     assert lenient.skipped == {"overlength": 1, "no_targets": 1, "image": 1}
     assert len(warnings) == 3 and "id=long" in warnings[0] and "3 skipped so far" in warnings[2]
-    lenient.next_row()  # the next epoch skips the same samples again, and counts them again
-    assert lenient.epoch == 1 and lenient.total_skipped == 6
+    lenient.next_row()  # the next epoch skips the same samples again, but counts and warns about each once
+    assert lenient.epoch == 1 and lenient.total_skipped == 3 and len(warnings) == 3
+    resumed = RowStream(records, encoder, seq_len=32, shuffle=False, on_invalid="skip", warn=warnings.append)
+    resumed.load_state_dict(lenient.state_dict())
+    resumed.next_row()
+    assert resumed.epoch == 2 and resumed.total_skipped == 3 and len(warnings) == 3
 
 
 def test_split_long_documents_cuts_text_into_pieces(assets, helpers, tmp_path):

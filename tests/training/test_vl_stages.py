@@ -178,3 +178,41 @@ def test_cell_loss_is_logged_apart_and_weight_zero_turns_it_off(vl_assets, tmp_p
     assert on[0]["loss"] == off[0]["loss"]  # same weights, same batch: `loss` is the answer loss only
     tower = "vision_tower.merger.mlp.2.weight"
     assert not torch.equal(_weights(off_dir / "final")[tower], _weights(on_dir / "final")[tower])
+
+
+def test_vl_expert_lora_adapter_on_the_base_equals_the_merged_model_on_images(vl_assets, tmp_path):
+    """Image tokens take the experts' grouped path with the vision LoRA; the PEFT expert delta must apply there
+    too (the ParamWrapper's parametrization is read through the experts' attributes)."""
+    pytest.importorskip("peft")
+    from peft import PeftModel
+
+    lora = {"r": 2, "alpha": 4, "target_modules": ["o_proj"],
+            "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}
+    config = _vl_config(vl_assets, tmp_path / "lora", "sft", train={"max_steps": 3}, lora=lora)
+    result = train(config_from_dict(config), processor=vl_assets["processor"])
+    config = DataConfig(train=str(vl_assets["data"]))
+    records, root = open_records(config)
+    encoder = SampleEncoder(vl_assets["tokenizer"], config, vl_assets["processor"], root)
+    rows = [Row([encoder(records[i], records.describe(i))]) for i in range(2)]
+    batch = collate_rows(rows, pad_token_id=vl_assets["tokenizer"].pad_token_id, seq_len=128, pad_to="longest",
+                         with_segments=False)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+    adapted = PeftModel.from_pretrained(ZayaVL.from_pretrained(vl_assets["model_dir"]),
+                                        result.final_dir / "adapter").eval()
+    merged = ZayaVL.from_pretrained(result.final_dir).eval()
+    base = ZayaVL.from_pretrained(vl_assets["model_dir"]).eval()
+    with torch.no_grad():
+        on_the_fly, folded, plain = (m(**inputs).logits for m in (adapted, merged, base))
+    print(f"VL expert LoRA: base + adapter vs merged, max |logit diff| {(on_the_fly - folded).abs().max():.2e}")
+    assert (on_the_fly - folded).abs().max() < 1e-5
+    assert (plain - folded).abs().max() > 1e-3
+    before, after = base.state_dict(), merged.state_dict()
+    assert all(not torch.equal(before[f"model.layers.{i}.mlp.experts.{p}"], after[f"model.layers.{i}.mlp.experts.{p}"])
+               for i in range(base.config.text_config.num_hidden_layers) for p in ("gate_up_proj", "down_proj"))
+    from zaya_vl.cli import main
+
+    assert main(["merge", str(vl_assets["model_dir"]), str(result.final_dir / "adapter"), str(tmp_path / "m")]) == 0
+    remerged = _weights(tmp_path / "m")
+    assert remerged.keys() == after.keys()
+    assert max((remerged[n] - after[n]).abs().max().item() for n in after) < 1e-6
+    assert (tmp_path / "m" / "processor_config.json").is_file()

@@ -1,4 +1,4 @@
-"""Where the CLI, VLAssistant and the lmms-eval adapter put the model: the GPU in bf16 when there is one."""
+"""Where the CLI and VLAssistant put the model: the GPU in bf16 when there is one."""
 
 import pytest
 import torch
@@ -23,8 +23,7 @@ def test_explicit_device_map_and_dtype_win():
         resolve_placement("cpu", None, "floaty")
 
 
-@pytest.mark.parametrize("command", [["ask", "q", "--image", "x.png"], ["demo"],
-                                     ["eval", "--model", "m", "--output", "o"]])
+@pytest.mark.parametrize("command", [["ask", "q", "--image", "x.png"], ["demo"]])
 def test_every_model_command_takes_device_flags(command):
     args = build_parser().parse_args([*command, "--device", "auto", "--dtype", "bfloat16"])
     assert device_kwargs(args) == {"device_map": "auto", "dtype": "bfloat16"}

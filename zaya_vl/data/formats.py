@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from PIL import Image
+
+from zaya_vl.fileio import write_atomic
 
 DOCVQA_PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
 AI2D_PROMPT_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
@@ -136,16 +137,7 @@ def validate_ai2d_row(row: dict) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write via a temp file in the same folder + os.replace, so a killed run never leaves a partial
     file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, data)
 
 
 def jsonl_bytes(rows: Iterable[dict]) -> bytes:
