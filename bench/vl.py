@@ -71,7 +71,7 @@ class UpstreamWithTower:
         image_mask = inputs["input_ids"] == self.ours.config.image_token_id
         embeds = self.upstream.model.embed_tokens(inputs["input_ids"])
         return self.ours._merge_images(inputs["input_ids"], embeds, inputs["pixel_values"],
-                                       inputs["image_grid_thw"], image_mask)
+                                       inputs["image_grid_thw"], image_mask)[0]
 
     def prefill(self, inputs):
         return self.upstream(inputs_embeds=self.embeds(inputs), use_cache=True, logits_to_keep=1)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import CompileConfig, GenerationMixin
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from zaya_vl.lm.cache import StaticZayaCache, ZayaCache
 from zaya_vl.lm.kernels import few_rows
 from zaya_vl.lm.loss import causal_lm_loss
+from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast
 
 
 class ZayaGenerationMixin(GenerationMixin):
@@ -38,9 +38,10 @@ class ZayaGenerationMixin(GenerationMixin):
         self.lm_head = value
 
     def head_outputs(self, outputs, labels, logits_to_keep, segment_ids, loss_chunk_size,
-                     return_logits) -> CausalLMOutputWithPast:
+                     return_logits, output_class=ZayaCausalLMOutputWithPast, **fields):
         """With ``labels`` the loss is computed in chunks of ``loss_chunk_size`` tokens without ever holding full
-        fp32 logits, and logits are not returned unless ``return_logits=True``."""
+        fp32 logits, and logits are not returned unless ``return_logits=True``. ``fields`` are further fields of
+        ``output_class`` (a subclass of :class:`ZayaCausalLMOutputWithPast` that declares them)."""
         hidden = outputs.last_hidden_state
         loss = logits = None
         if labels is not None:
@@ -49,10 +50,7 @@ class ZayaGenerationMixin(GenerationMixin):
         if labels is None or return_logits:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = few_rows.linear(hidden[:, keep], self.lm_head.weight, self.lm_head.bias)
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
-        if "routings" in outputs:
-            result["routings"] = outputs["routings"]
-        return result
+        return output_class(loss=loss, logits=logits, cache=outputs.cache, routings=outputs.routings, **fields)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length, *args, **kwargs) -> None:

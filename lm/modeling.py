@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils.deprecation import deprecate_kwarg
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from zaya_vl.lm.attention import ZayaAttention
 from zaya_vl.lm.cache import ZayaCache, decoder_layer_devices
@@ -21,7 +20,29 @@ from zaya_vl.lm.layers import ResidualScaling, RMSNorm, RotaryEmbedding
 from zaya_vl.lm.generation import ZayaGenerationMixin
 from zaya_vl.lm.masks import IMAGE_ATTENTION_MODES, build_attention_mask, image_attention_spans, to_block_mask
 from zaya_vl.lm.moe import Routing, ZayaMoE
+from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast, ZayaModelOutputWithPast
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
+
+
+class RoutingStore:
+    """Layer index -> Routing, written by each layer during one forward. Deliberately not a dict: FSDP2 rebuilds
+    the dicts, lists and dataclasses in a sharded layer's arguments that hold tensors requiring grad, so a write
+    into a dict there would land in a copy and the router outputs of earlier layers would be lost."""
+
+    def __init__(self) -> None:
+        self._by_layer: dict[int, Routing] = {}
+
+    def __setitem__(self, layer: int, routing: Routing) -> None:
+        self._by_layer[layer] = routing
+
+    def __getitem__(self, layer: int) -> Routing:
+        return self._by_layer[layer]
+
+    def __iter__(self):
+        return iter(self._by_layer)
+
+    def __len__(self) -> int:
+        return len(self._by_layer)
 
 
 @dataclass
@@ -39,7 +60,7 @@ class ForwardContext:
     delayed_keep: torch.Tensor | None = None      # (b, s) previous token is in the same document
     image_rows: torch.Tensor | None = None        # flat indices of image tokens (vision LoRA)
     image_token: torch.Tensor | None = None       # (b·s,) bool, the same as a mask (expert LoRA)
-    routings: dict = field(default_factory=dict)  # layer index -> Routing, when router outputs are requested
+    routings: RoutingStore = field(default_factory=RoutingStore)  # when router outputs are requested
     block_masks: dict = field(default_factory=dict)  # FlexAttention's form of attention_masks, for prefill
 
 
@@ -147,7 +168,7 @@ class ZayaLMModel(ZayaPreTrainedModel):
         segment_ids: torch.Tensor | None = None,
         output_router_logits: bool = False,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> ZayaModelOutputWithPast:
         """``image_mask`` (b, s) marks image tokens: the vision LoRA applies there, and with
         ``image_attention="bidirectional"`` each image's tokens see the whole image. ``segment_ids`` (b, s)
         numbers packed documents: attention, the CCA state and positions never cross a document boundary."""
@@ -191,10 +212,8 @@ class ZayaLMModel(ZayaPreTrainedModel):
             cache.advance(seq)
             cache.last_token_image = image_mask[:, -1].bool() if image_mask is not None else None
         hidden = self.norm(residual.to(self.norm.weight.dtype))
-        out = BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache)
-        if output_router_logits:
-            out["routings"] = [ctx.routings[i] for i in sorted(ctx.routings)]
-        return out
+        routings = [ctx.routings[i] for i in sorted(ctx.routings)] if output_router_logits else None
+        return ZayaModelOutputWithPast(last_hidden_state=hidden, cache=cache, routings=routings)
 
     @staticmethod
     def _default_positions(batch, seq, past, segment_ids, device) -> torch.Tensor:
@@ -349,7 +368,7 @@ class ZayaLM(ZayaPreTrainedModel, ZayaGenerationMixin):
         loss_chunk_size: int = 1024,
         return_logits: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> ZayaCausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,

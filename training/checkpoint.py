@@ -129,9 +129,10 @@ def prune(root: Path, keep: int) -> None:
 
 
 def save_checkpoint(accelerator, root: str | Path, step: int, trainer_state: dict, extra: dict | None = None,
-                    keep: int = 0) -> Path:
+                    keep: int = 0, sharded: tuple | None = None) -> Path:
     """Collective: every process calls it. ``extra`` maps file names to objects ``torch.save``d by the main
-    process (e.g. the balancing controller's state)."""
+    process (e.g. the balancing controller's state). ``sharded``: ``(model, optimizer)`` sharded by the trainer
+    (``train.fsdp``), saved by every process into ``sharded/`` next to what accelerate saves."""
     import torch
 
     root = Path(root)
@@ -142,6 +143,10 @@ def save_checkpoint(accelerator, root: str | Path, step: int, trainer_state: dic
         clean_leftovers(root)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
+    if sharded is not None:
+        from zaya_vl.training.sharding import SHARDED_STATE, save_sharded
+
+        save_sharded(*sharded, temporary / SHARDED_STATE)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for name, obj in (extra or {}).items():
@@ -153,13 +158,18 @@ def save_checkpoint(accelerator, root: str | Path, step: int, trainer_state: dic
     return final
 
 
-def load_checkpoint(accelerator, path: str | Path) -> dict:
-    """Collective: restore model, optimizer, scheduler and RNG states from ``path``; return the trainer state."""
+def load_checkpoint(accelerator, path: str | Path, sharded: tuple | None = None) -> dict:
+    """Collective: restore model, optimizer, scheduler and RNG states from ``path``; return the trainer state.
+    ``sharded``: ``(model, optimizer)`` as given to :func:`save_checkpoint`."""
     path = Path(path)
     if not is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no valid {COMPLETE} marker, or files "
                                 "missing); a run killed while saving leaves such folders")
     accelerator.load_state(str(path))
+    if sharded is not None:
+        from zaya_vl.training.sharding import SHARDED_STATE, load_sharded
+
+        load_sharded(*sharded, path / SHARDED_STATE)
     return read_trainer_state(path)
 
 

@@ -22,7 +22,7 @@ def collate_rows(rows: list[Row], *, pad_token_id: int, seq_len: int, pad_to: st
     if not rows:
         raise ValueError("collate_rows needs at least one row")
     longest = max(row.length for row in rows)
-    length = seq_len if pad_to == "max_length" else longest
+    length = seq_len if pad_to == "max_length" else max(longest, 1)  # rows left empty by a skip: one pad token
     if longest > length:
         raise ValueError(f"a row has {longest} tokens, more than the {length} it may have")
     batch = len(rows)

@@ -64,6 +64,7 @@ class DataConfig:
     split_long_documents: bool = False            # text-only samples longer than seq_len: cut into pieces
     on_invalid: Literal["error", "skip"] = "error"  # missing image / over-length sample: raise, or skip and count
     shuffle: bool = True
+    num_workers: int = 0                          # DataLoader workers encoding this process's rows ahead (0: inline)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class TrainLoopConfig:
     tensorboard: bool = True
     cpu: bool = False                             # force CPU even where a GPU is present
     ddp_find_unused_parameters: Literal["auto", "true", "false"] = "auto"  # auto: true for VL models
+    fsdp: bool = False                            # shard params/grads/optimizer per decoder layer (torch FSDP2)
 
 
 @dataclass

@@ -38,11 +38,11 @@ from typing import Any, Sequence
 
 import torch
 
+from zaya_vl.lm.loss import IGNORE_INDEX
 from zaya_vl.tokenization import IMAGE_PLACEHOLDER, IMAGE_TOKEN, VISION_END_TOKEN, VISION_START_TOKEN
 from zaya_vl.training.config import DataConfig
 from zaya_vl.training.conversation import read_conversation, text_reserved
 
-IGNORE_INDEX = -100
 TEXT_IMAGE_MARKER = IMAGE_PLACEHOLDER  # "<image>" in a row's text: where the row's next image goes
 
 
@@ -270,6 +270,24 @@ class SampleEncoder:
         if not any(label != IGNORE_INDEX for label in encoded.labels[1:]):
             raise InvalidSample(where, "no_targets", "no token to train on (no assistant turn?)")
         return encoded
+
+    def has_images(self, record: dict, where: str = "record") -> bool:
+        """Whether ``record`` is a sample with images, without loading them (cheap; a malformed record answers
+        False and fails properly when encoded). The row stream gives such samples a row of their own."""
+        def invalid(reason: str, detail: str) -> InvalidSample:
+            return InvalidSample(where, reason, detail)
+
+        try:
+            column = self._format(record, where)
+            if column == "text":
+                return False
+            conversation = read_conversation(
+                record, column=column, images_column=self.config.images_column,
+                system_column=self.config.system_column or None, placeholder=TEXT_IMAGE_MARKER,
+                reserved_tokens=self.reserved_tokens, invalid=invalid)
+            return bool(conversation.images)
+        except InvalidSample:
+            return False
 
     def _format(self, record: dict, where: str) -> str:
         """``"text"``, or the column holding the conversation (messages or sharegpt conversations)."""

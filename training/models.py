@@ -187,14 +187,20 @@ def _check_target_parameters(model: nn.Module, config: LoraConfig) -> None:
 
 
 def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str | Path,
-               with_lora: bool) -> Path | None:
+               with_lora: bool, full_state_dict: dict | None = None) -> Path | None:
     """Collective. ``save_pretrained`` the trained model + tokenizer/processor, atomically: written to
     ``.tmp-final`` and renamed, so ``final/`` is either absent or complete. With PEFT LoRA, ``final/`` holds the
-    merged model and ``final/adapter/`` the adapter alone (``PeftModel.from_pretrained(base, final/adapter)``)."""
+    merged model and ``final/adapter/`` the adapter alone (``PeftModel.from_pretrained(base, final/adapter)``).
+    ``full_state_dict``: the gathered weights of a model the trainer sharded itself (``train.fsdp``)."""
     out_dir = Path(out_dir)
     temporary = out_dir.with_name(f".tmp-{out_dir.name}")
     unwrapped = accelerator.unwrap_model(model)
-    state_dict = None if with_lora else accelerator.get_state_dict(model)
+    if with_lora:
+        state_dict = None
+    elif full_state_dict is not None:
+        state_dict = full_state_dict
+    else:
+        state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         if temporary.exists():
             shutil.rmtree(temporary)

@@ -12,6 +12,13 @@ sample that did not fit is not consumed, so resuming from a saved state continue
 an uninterrupted run would have produced. Every process runs the same stream and takes its own rows of each
 global batch, so a run's data do not depend on how many processes share it.
 
+With ``defer`` (a cheap ``record -> has images``), an image sample is not encoded when the stream plans its row:
+the row only names the record (``Row.deferred``), and :meth:`RowStream.materialize` encodes it, on the process
+that trains on that row. Planning needs the lengths of text samples only (packing), so every process tokenises
+the text but decodes only its own images. An image sample found invalid when materialised (unreadable, too long)
+raises, or under ``on_invalid: skip`` leaves an empty row (padding only) in its place and is counted: the other
+rows stay where they were, whatever the number of processes.
+
 A text-only sample longer than ``seq_len`` is invalid unless ``split_long_documents`` cuts it into
 ``seq_len`` pieces (each piece its own document). Invalid samples raise, or with ``on_invalid: skip`` are
 skipped and counted by reason, each bad record once (and warned about once), however many epochs visit it.
@@ -36,6 +43,7 @@ WARN_FIRST = 20  # skipped samples warned about one by one; after that every 100
 @dataclass
 class Row:
     samples: list[Encoded]
+    deferred: tuple[int, str] | None = None  # (record index, where) of an image sample not encoded yet
 
     @property
     def length(self) -> int:
@@ -43,7 +51,7 @@ class Row:
 
     @property
     def has_images(self) -> bool:
-        return any(sample.has_images for sample in self.samples)
+        return self.deferred is not None or any(sample.has_images for sample in self.samples)
 
 
 class RowStream:
@@ -51,18 +59,21 @@ class RowStream:
 
     def __init__(self, records: Sequence, encode: Callable[[dict, str], Encoded], *, seq_len: int,
                  packing: bool = True, seed: int = 0, shuffle: bool = True, on_invalid: str = "error",
-                 split_long_documents: bool = False, warn: Callable[[str], None] | None = None) -> None:
+                 split_long_documents: bool = False, warn: Callable[[str], None] | None = None,
+                 defer: Callable[[dict, str], bool] | None = None) -> None:
         if len(records) == 0:
             raise DataError("the training data has no records")
         self.records, self.encode = records, encode
         self.seq_len, self.packing, self.seed, self.shuffle = seq_len, packing, seed, shuffle
         self.on_invalid, self.split_long_documents = on_invalid, split_long_documents
         self.warn = warn or logger.warning
+        self.defer = defer
         self.epoch = self.cursor = self.piece = self.rows_in_epoch = 0
         self.skipped: Counter = Counter()  # bad records by reason, each counted once however many epochs visit it
         self.skipped_records: set[int] = set()
         self._order_epoch, self._order = None, None
         self._cache: tuple[tuple, list[Encoded] | InvalidSample] | None = None
+        self._defer_cache: tuple[tuple, tuple[int, str] | None] | None = None
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -104,6 +115,13 @@ class RowStream:
                                     f"(skipped: {dict(self.skipped)})")
                 self.epoch, self.cursor, self.piece, self.rows_in_epoch = self.epoch + 1, 0, 0, 0
                 continue
+            if self.piece == 0 and self._deferred() is not None:
+                if pending:
+                    return self._emit(pending)
+                deferred = self._deferred()
+                self._consume(1)
+                self.rows_in_epoch += 1
+                return Row([], deferred=deferred)
             pieces = self._pieces()
             if isinstance(pieces, InvalidSample):
                 self._skip(pieces)
@@ -121,6 +139,33 @@ class RowStream:
             self._consume(len(pieces))
             if used == self.seq_len:
                 return self._emit(pending)
+
+    def materialize(self, row: Row, skipped: Counter | None = None) -> Row:
+        """``row`` with its deferred image sample encoded. Invalid: raise, or (``on_invalid: skip``) an empty row,
+        the reason counted in ``skipped``."""
+        if row.deferred is None:
+            return row
+        index, where = row.deferred
+        try:
+            return Row(self._fit(self.encode(self.records[index], where)))
+        except InvalidSample as error:
+            if self.on_invalid != "skip":
+                raise
+            if skipped is not None:
+                skipped[error.reason] += 1
+            self.warn(f"skipped {error} (its row stays empty)")
+            return Row([])
+
+    def _deferred(self) -> tuple[int, str] | None:
+        """(index, where) when the current record is an image sample to defer, else None."""
+        if self.defer is None:
+            return None
+        key = ("defer", self.epoch, self.cursor)
+        if self._defer_cache is None or self._defer_cache[0] != key:
+            index = int(self.order(self.epoch)[self.cursor])
+            where = self.records.describe(index) if hasattr(self.records, "describe") else f"record {index}"
+            self._defer_cache = (key, (index, where) if self.defer(self.records[index], where) else None)
+        return self._defer_cache[1]
 
     def _emit(self, samples: list[Encoded]) -> Row:
         self.rows_in_epoch += 1

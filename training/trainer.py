@@ -24,6 +24,7 @@ import pickle
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,13 +34,15 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from tqdm.auto import tqdm
 
 from zaya_vl.fileio import OutputLock, OutputLockedError, write_atomic
-from zaya_vl.training import balancing
+from zaya_vl.training import balancing, sharding
+from zaya_vl.training.cell_loss import cell_loss, count_cells
 from zaya_vl.training.checkpoint import (complete_checkpoints, latest_checkpoint, load_checkpoint,
                                          save_checkpoint, write_json_atomic)
 from zaya_vl.training.collate import collate_rows, count_targets
 from zaya_vl.training.config import ConfigError, RunConfig, save_config
 from zaya_vl.training.data import SampleEncoder, open_records
 from zaya_vl.training.freezing import apply_freezing
+from zaya_vl.training.loader import micro_batch_loader
 from zaya_vl.training.models import add_lora, build_model, save_final, upcast_trainable_
 from zaya_vl.training.packing import RowStream
 from zaya_vl.training.schedules import build_scheduler
@@ -153,14 +156,23 @@ class Trainer:
                                   "it needs train.mixed_precision bf16 (autocast) so fp32 trainable weights mix")
             upcast_trainable_(model)
         self.with_lora = with_lora
+        self.fsdp = self._fsdp_enabled(with_lora)
 
         records, image_root = open_records(config.data)
         encoder = SampleEncoder(self.bundle.tokenizer, config.data, self.bundle.processor, image_root)
         self.stream = RowStream(
             records, encoder, seq_len=config.data.seq_len, packing=config.data.packing, seed=config.seed,
             shuffle=config.data.shuffle, on_invalid=config.data.on_invalid,
-            split_long_documents=config.data.split_long_documents, warn=self._warn)
+            split_long_documents=config.data.split_long_documents,
+            warn=logger.warning if self.accelerator.is_main_process else _quiet,
+            # VL: image samples are planned unencoded; each process decodes only the images of its own rows.
+            defer=encoder.has_images if self.bundle.is_vl else None)
+        self._batches = None  # this process's micro-batches, started at the first step (after any resume)
+        self.data_state = self.stream.state_dict()  # the stream's state after the last micro-batch trained on
+        self.late_skipped = 0  # image samples found invalid when their rows were encoded, all processes
 
+        if self.fsdp:  # before the optimizer exists: it holds the sharded parameters
+            model = sharding.fully_shard_model(model, self.accelerator.device)
         optimizer = build_optimizer(model, config.optim)
         scheduler = build_scheduler(optimizer, config.schedule, loop.max_steps)
 
@@ -174,7 +186,13 @@ class Trainer:
                 active_layers=self._trained_routers(model) if gains.enabled == "auto" else None)
 
         self._configure_deepspeed()
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        if self.fsdp:
+            # accelerate must not wrap the sharded model in DDP, nor save the optimizer's shards as one file: the
+            # trainer saves both with torch.distributed.checkpoint; accelerate keeps the scheduler and RNG states.
+            self.model, self.optimizer = model, optimizer
+            self.scheduler = self.accelerator.prepare(scheduler)
+        else:
+            self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.step = 0
         self.metrics: list[dict] = []
@@ -211,6 +229,23 @@ class Trainer:
                                      "continue that run")
         self._refuse_earlier_run("")
         return None
+
+    def _fsdp_enabled(self, with_lora: bool) -> bool:
+        if not self.config.train.fsdp:
+            return False
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ConfigError(f"train.fsdp shards the model in the trainer, but accelerate was launched with "
+                              f"{self.accelerator.distributed_type.value}: launch with a plain multi-process "
+                              "config (--multi_gpu), or set train.fsdp false to use accelerate's plugin")
+        if with_lora:
+            raise ConfigError("train.fsdp with lora: merging a sharded PEFT model for final/ is not supported; "
+                              "train LoRA without train.fsdp")
+        if self.accelerator.num_processes == 1:
+            self._info("train.fsdp: a single process holds the whole model, so nothing is sharded")
+            return False
+        return True
 
     def _refuse_earlier_run(self, reason: str, only: tuple[str, ...] = ("final", "metrics.jsonl", "checkpoints")
                             ) -> None:
@@ -267,18 +302,29 @@ class Trainer:
             logger.info(message)
 
     # -- data --------------------------------------------------------------------------------------------
-    def _local_micro_batch(self) -> dict[str, torch.Tensor]:
-        """Every process draws the same global micro-batch of rows and keeps its own slice."""
-        per_process = self.config.train.micro_batch_size
-        rows = [self.stream.next_row() for _ in range(per_process * self.accelerator.num_processes)]
-        start = self.accelerator.process_index * per_process
-        data = self.config.data
-        return collate_rows(rows[start:start + per_process], pad_token_id=self.bundle.tokenizer.pad_token_id,
-                            seq_len=data.seq_len, pad_to=data.pad_to, with_segments=data.packing)
+    def _local_micro_batch(self) -> tuple[dict[str, torch.Tensor], int]:
+        """This process's rows of the next global micro-batch (see ``loader.py``), and how many of its image
+        samples were skipped when encoded."""
+        if self._batches is None:
+            data = self.config.data
+            collate = partial(collate_rows, pad_token_id=self.bundle.tokenizer.pad_token_id, seq_len=data.seq_len,
+                              pad_to=data.pad_to, with_segments=data.packing)
+            self._batches = iter(micro_batch_loader(
+                self.stream, collate, rows_per_process=self.config.train.micro_batch_size,
+                process_index=self.accelerator.process_index, num_processes=self.accelerator.num_processes,
+                num_workers=data.num_workers))
+        item = next(self._batches)
+        self.data_state = item["state"]
+        batch = item["batch"]
+        if self.fsdp and self.bundle.is_vl and "pixel_values" not in batch:
+            batch = sharding.add_placeholder_image(batch, self.bundle.model.config,
+                                                   self.bundle.tokenizer.pad_token_id)
+        return batch, sum(item["skipped"].values())
 
     # -- state -------------------------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
-        return {"data": self.stream.state_dict(), "num_processes": self.accelerator.num_processes,
+        return {"data": self.data_state, "late_skipped": self.late_skipped,
+                "num_processes": self.accelerator.num_processes,
                 "max_steps": self.config.train.max_steps,
                 "global_rows_per_step": self.config.train.micro_batch_size * self.config.train.grad_accum_steps
                 * self.accelerator.num_processes}
@@ -286,12 +332,13 @@ class Trainer:
     def save(self) -> Path:
         extra = {BALANCING_STATE: self.controller.state_dict()} if self.controller is not None else {}
         path = save_checkpoint(self.accelerator, self.checkpoint_root, self.step, self._trainer_state(), extra,
-                               keep=self.config.train.keep_checkpoints)
+                               keep=self.config.train.keep_checkpoints,
+                               sharded=(self.model, self.optimizer) if self.fsdp else None)
         self._info(f"saved checkpoint {path}")
         return path
 
     def restore(self, path: Path) -> None:
-        state = load_checkpoint(self.accelerator, path)
+        state = load_checkpoint(self.accelerator, path, sharded=(self.model, self.optimizer) if self.fsdp else None)
         rows_now = self._trainer_state()["global_rows_per_step"]
         if state.get("global_rows_per_step", rows_now) != rows_now:
             self._warn(f"the checkpoint was written with {state['global_rows_per_step']} rows per step, this run "
@@ -301,6 +348,7 @@ class Trainer:
                        "learning-rate schedule follows the new value from here on")
         self._apply_schedule()
         self.stream.load_state_dict(state["data"])
+        self.data_state, self.late_skipped = state["data"], int(state.get("late_skipped", 0))
         if self.controller is not None:
             balancing_file = path / BALANCING_STATE
             if balancing_file.is_file():
@@ -336,40 +384,58 @@ class Trainer:
     def train_step(self) -> dict:
         accelerator, loop = self.accelerator, self.config.train
         started = time.perf_counter()
-        micro_batches = [self._local_micro_batch() for _ in range(loop.grad_accum_steps)]
+        drawn = [self._local_micro_batch() for _ in range(loop.grad_accum_steps)]
+        micro_batches = [batch for batch, _ in drawn]
         device = accelerator.device
-        local_count = sum(count_targets(batch) for batch in micro_batches)
-        global_count = int(accelerator.reduce(torch.tensor(local_count, device=device), reduction="sum"))
+        weight = loop.cell_loss_weight
+        local_counts = [sum(count_targets(batch) for batch in micro_batches),
+                        sum(count_cells(batch.get("cell_labels")) for batch in micro_batches) if weight else 0,
+                        sum(skipped for _, skipped in drawn)]
+        global_count, global_cells, late_skipped = (
+            int(n) for n in accelerator.reduce(torch.tensor(local_counts, device=device), reduction="sum"))
+        self.late_skipped += late_skipped
         # accelerate divides by grad_accum_steps and DDP averages over processes; undo both so the gradient
         # is (sum of token losses over the global batch) / (global counted tokens).
         scale = accelerator.num_processes * loop.grad_accum_steps / max(global_count, 1)
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        cell_losses = []
+        cell_sum = torch.zeros((), dtype=torch.float64, device=device)
         loads = None
         for batch in micro_batches:
             batch = {key: value.to(device) for key, value in batch.items()}
-            if loop.cell_loss_weight == 0:
-                batch.pop("cell_labels", None)
+            cell_labels = batch.pop("cell_labels", None) if weight else None
+            batch.pop("cell_labels", None)
+            count = count_targets(batch)
+            # Sharded, the zero of a micro-batch without targets must come through the forward (the logits).
+            zero_from_logits = self.fsdp and count == 0
             with accelerator.accumulate(self.model):
-                out = self.model(**batch, output_router_logits=bool(self.routers),
-                                 loss_chunk_size=loop.loss_chunk_size, use_cache=False)
-                count = count_targets(batch)
+                with accelerator.autocast():  # the auxiliary loss too: it reads the model's head like the forward
+                    out = self.model(**batch, output_router_logits=bool(self.routers), return_logits=zero_from_logits,
+                                     loss_chunk_size=loop.loss_chunk_size, use_cache=False)
+                    cell = None
+                    if cell_labels is not None:
+                        image_mask = batch["input_ids"] == self.bundle.model.config.image_token_id
+                        cell = cell_loss(self._base_model(), out.image_hidden_states, image_mask, cell_labels,
+                                         reduction="sum")
                 lm_loss = batch_loss = out.loss * count
-                if "cell_loss" in out:  # weighted like `count` answer tokens, so micro-batches keep their shares
-                    cell_losses.append(float(out["cell_loss"]))
-                    batch_loss = lm_loss + loop.cell_loss_weight * out["cell_loss"] * count
+                if cell is not None:  # × scale below: weight × (sum of cell losses) / (global labelled cells)
+                    cell_sum += cell.detach().double()
+                    batch_loss = lm_loss + weight * cell * (max(global_count, 1) / max(global_cells, 1))
                 if self.routers:
                     layer_loads = balancing.expert_loads(out["routings"], batch["attention_mask"], len(self.routers))
                     loads = layer_loads if loads is None else loads + layer_loads
                 if batch_loss.grad_fn is None:  # no counted token here: a zero that still reaches every weight
-                    batch_loss = batch_loss + sum(p.sum() for p in self.trainable) * 0.0
+                    reach = out.logits.float().sum() if zero_from_logits else sum(p.sum() for p in self.trainable)
+                    batch_loss = batch_loss + reach * 0.0
                 accelerator.backward(batch_loss * scale)
                 loss_sum += lm_loss.detach().double()
         if not accelerator.sync_gradients:
             raise RuntimeError("gradient accumulation is out of step with accelerate (internal error)")
         max_norm = self.config.optim.grad_clip if self.config.optim.grad_clip is not None else math.inf
-        grad_norm = accelerator.clip_grad_norm_(self.trainable, max_norm)
+        if self.fsdp:
+            grad_norm = sharding.clip_grad_norm_(self.trainable, max_norm)
+        else:
+            grad_norm = accelerator.clip_grad_norm_(self.trainable, max_norm)
         self.optimizer.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
@@ -379,10 +445,10 @@ class Trainer:
         total_loss = accelerator.reduce(loss_sum, reduction="sum")
         metrics = {"step": self.step, "loss": float(total_loss) / max(global_count, 1), "lr": lr,
                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                   "tokens": global_count, "data/epoch": self.stream.epoch,
-                   "data/skipped": self.stream.total_skipped}
-        if cell_losses:
-            metrics["cell_loss"] = sum(cell_losses) / len(cell_losses)  # this process's micro-batches
+                   "tokens": global_count, "data/epoch": self.data_state["epoch"],
+                   "data/skipped": sum(self.data_state["skipped"].values()) + self.late_skipped}
+        if global_cells:
+            metrics["cell_loss"] = float(accelerator.reduce(cell_sum, reduction="sum")) / global_cells
         if loads is not None:
             loads = accelerator.reduce(loads.to(device), reduction="sum").cpu()
             metrics.update(balancing.load_metrics(loads))
@@ -391,6 +457,11 @@ class Trainer:
         seconds = time.perf_counter() - started
         metrics["tokens_per_second"] = global_count / seconds if seconds > 0 else 0.0
         return metrics
+
+    def _base_model(self) -> torch.nn.Module:
+        """The ZayaLM / ZayaVL itself: through accelerate's wrapper (DDP) and PEFT's."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def log(self, metrics: dict) -> None:
         self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
@@ -437,11 +508,16 @@ class Trainer:
 
         final_dir = None
         if loop.save_final:
-            final_dir = save_final(accelerator, self.model, self.bundle, self.output_dir / "final", self.with_lora)
+            final_dir = save_final(accelerator, self.model, self.bundle, self.output_dir / "final", self.with_lora,
+                                   full_state_dict=sharding.full_state_dict(self.model) if self.fsdp else None)
             self._info(f"saved the trained model to {final_dir}")
         accelerator.end_training()
         return TrainResult(self.output_dir, final_dir, self.step, self.resume_path, report.trainable_parameters,
                            report.total_parameters, self.metrics)
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def _tensorboard_available() -> bool:

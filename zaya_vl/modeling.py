@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.utils.deprecation import deprecate_kwarg
-from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
 from zaya_vl.configuration import ReferenceZayaVLConfig, ZayaVLConfig, port_config_dict
@@ -28,8 +27,19 @@ from zaya_vl.conversion import (NATIVE, TRANSFORMERS, ZYPHRA, LayoutKeyError, de
 from zaya_vl.lm.cache import ZayaCache
 from zaya_vl.lm.generation import ZayaGenerationMixin
 from zaya_vl.lm.modeling import ZayaLMModel
+from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
 from zaya_vl.weights import checkpoint_keys, iter_checkpoint_tensors
+
+
+@dataclass
+class ZayaVLCausalLMOutputWithPast(ZayaCausalLMOutputWithPast):
+    """``image_hidden_states`` (image tokens, hidden): the patch merger's output, one row per image token in the
+    order the image tokens appear (row-major over batch and sequence), as scattered into the decoder's input;
+    set when the forward had ``pixel_values``. Auxiliary losses on the image features start from it."""
+
+    image_hidden_states: torch.FloatTensor | None = None
+
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
@@ -82,8 +92,9 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
         return self.vision_tower(pixel_values, grid_thw=image_grid_thw).pooler_output
 
     def _merge_images(self, input_ids, inputs_embeds, pixel_values, image_grid_thw, image_mask):
+        """(the input embeddings with the images' rows scattered in, those rows or None without images)"""
         if pixel_values is None:
-            return inputs_embeds
+            return inputs_embeds, None
         if image_grid_thw is None:
             raise ValueError("pixel_values were given without image_grid_thw; pass both (ZayaVLProcessor does).")
         image_embeds = self.get_image_features(pixel_values, image_grid_thw)
@@ -94,19 +105,7 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
                 f"The input has {n_tokens} image tokens (id {self.config.image_token_id}) but the images give "
                 f"{n_embeds} embeddings (image_grid_thw={image_grid_thw.tolist()}; each image needs t·h·w/{merge} "
                 "image tokens). Build inputs with ZayaVLProcessor, which expands each <image> placeholder.")
-        return inputs_embeds.masked_scatter(image_mask[..., None], image_embeds.to(inputs_embeds.dtype))
-
-    def cell_loss(self, inputs_embeds: torch.Tensor, cell_labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of reading each labelled image token's own glyph through the final norm and the
-        (tied) LM head: it pulls the tower's output for a glyph towards the text embedding of that character, so
-        the decoder can copy from image tokens the way it copies text. A from-scratch tower needs it to learn to
-        read; labels are -100 where there is nothing to read."""
-        keep = cell_labels != -100
-        if not bool(keep.any()):
-            return inputs_embeds.sum() * 0.0  # still reaches every weight, as a real loss would
-        rows = self.model.norm(inputs_embeds[keep].to(self.model.norm.weight.dtype))
-        logits = F.linear(rows, self.lm_head.weight, self.lm_head.bias).float()
-        return F.cross_entropy(logits, cell_labels[keep])
+        return inputs_embeds.masked_scatter(image_mask[..., None], image_embeds.to(inputs_embeds.dtype)), image_embeds
 
     # -- forward ---------------------------------------------------------------------------------------
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -127,13 +126,10 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
         output_router_logits: bool = False,
         loss_chunk_size: int = 1024,
         return_logits: bool | None = None,
-        cell_labels: torch.LongTensor | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> ZayaVLCausalLMOutputWithPast:
         """``image_mask`` (b, s) is derived from ``input_ids`` (``== image_token_id``); pass it only with
-        ``inputs_embeds``. See ``ZayaLM.forward`` for the loss, ``segment_ids`` and ``return_logits``.
-        ``cell_labels`` (b, s): glyph ids at image tokens (-100 elsewhere); the output then has ``cell_loss``
-        (see :meth:`cell_loss`), kept apart from ``loss`` so the caller chooses its weight."""
+        ``inputs_embeds``. See ``ZayaLM.forward`` for the loss, ``segment_ids`` and ``return_logits``."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if input_ids is not None:
@@ -145,18 +141,18 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
             if pixel_values is None and starting and bool((input_ids == self.config.image_token_id).any()):
                 count = int((input_ids == self.config.image_token_id).sum())
                 raise ValueError(f"The input has {count} image tokens but no pixel_values.")
+        image_embeds = None
         if image_mask is not None:
-            inputs_embeds = self._merge_images(input_ids, inputs_embeds, pixel_values, image_grid_thw, image_mask)
+            inputs_embeds, image_embeds = self._merge_images(input_ids, inputs_embeds, pixel_values, image_grid_thw,
+                                                             image_mask)
         outputs = self.model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, use_cache=use_cache, image_mask=image_mask,
             image_attention=self.config.image_attention, segment_ids=segment_ids,
             output_router_logits=output_router_logits,
         )
-        result = self.head_outputs(outputs, labels, logits_to_keep, segment_ids, loss_chunk_size, return_logits)
-        if cell_labels is not None:
-            result["cell_loss"] = self.cell_loss(inputs_embeds, cell_labels)
-        return result
+        return self.head_outputs(outputs, labels, logits_to_keep, segment_ids, loss_chunk_size, return_logits,
+                                 output_class=ZayaVLCausalLMOutputWithPast, image_hidden_states=image_embeds)
 
     # -- loading and saving ----------------------------------------------------------------------------
     @classmethod
@@ -264,4 +260,4 @@ def _model_type(path, kwargs) -> str | None:
         return None  # let transformers raise its own, more specific error
 
 
-__all__ = ["ReferenceLayoutZayaVL", "ZayaVL", "ZayaVLPreTrainedModel"]
+__all__ = ["ReferenceLayoutZayaVL", "ZayaVL", "ZayaVLCausalLMOutputWithPast", "ZayaVLPreTrainedModel"]

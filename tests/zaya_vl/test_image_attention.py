@@ -126,8 +126,8 @@ def test_prefill_chunks_may_not_split_an_image_span():
     prompt = image_prompt([(1, 4, 4)], text_before=3, seed=7)
     image_positions = (prompt["input_ids"][0] == model.config.image_token_id).nonzero().squeeze(1)
     embeds = model.model.embed_tokens(prompt["input_ids"])
-    embeds = model._merge_images(prompt["input_ids"], embeds, prompt["pixel_values"], prompt["image_grid_thw"],
-                                 prompt["input_ids"] == model.config.image_token_id)
+    embeds, _ = model._merge_images(prompt["input_ids"], embeds, prompt["pixel_values"], prompt["image_grid_thw"],
+                                    prompt["input_ids"] == model.config.image_token_id)
     image_mask = prompt["input_ids"] == model.config.image_token_id
     split = int(image_positions[1])  # inside the image
     first = model(inputs_embeds=embeds[:, :split], image_mask=image_mask[:, :split], use_cache=True)
