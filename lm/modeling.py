@@ -45,6 +45,11 @@ class RoutingStore:
         return len(self._by_layer)
 
 
+# A static cache's (compiled) decode step records no router outputs (the forward refuses output_router_logits
+# there); it shares this empty store, as constructing one inside a compiled graph is not traceable.
+_STATIC_STEP_ROUTINGS = RoutingStore()
+
+
 @dataclass
 class ForwardContext:
     """What every layer of one forward needs, computed once."""
@@ -189,6 +194,9 @@ class ZayaLMModel(ZayaPreTrainedModel):
         resuming = cache is not None and (cache.filled if static else cache.get_seq_length() > 0)
         if segment_ids is not None and resuming:
             raise ValueError("segment_ids (packed documents) cannot be combined with a non-empty cache.")
+        if static and resuming and output_router_logits:
+            raise NotImplementedError("output_router_logits in a decode step of a static cache: use the dynamic "
+                                      "cache (cache_implementation='dynamic') to record router outputs.")
         past = cache.get_seq_length() if cache is not None and not static else 0
         cache_positions = cache.write_positions(seq) if static else None
 
@@ -336,7 +344,8 @@ class ZayaLMModel(ZayaPreTrainedModel):
             rotary=self.rotary_emb(position_ids, inputs_embeds.dtype), attention_masks=masks,
             attn_implementation="sdpa" if (config._attn_implementation or "sdpa") == "flex_attention"
             else (config._attn_implementation or "sdpa"),
-            cache=cache, resuming=True, cache_positions=cache_positions, token_mask=token_mask)
+            cache=cache, resuming=True, cache_positions=cache_positions, token_mask=token_mask,
+            routings=_STATIC_STEP_ROUTINGS)
 
 
 class ZayaLM(ZayaPreTrainedModel, ZayaGenerationMixin):
