@@ -30,6 +30,27 @@ def interleaved_medians(fns: dict, repeats: int, device: torch.device = torch.de
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def interleaved_times(fns: dict, repeats: int, device: torch.device = torch.device("cpu"), warmups: int = 1) -> dict:
+    """Median wall seconds and median CPU seconds of the calling thread for each callable, timed in alternating
+    rounds. On a shared CPU the thread's CPU time (with one compute thread) hardly moves when other processes
+    take cores, where wall time does; on a GPU only wall time means anything."""
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    for fn in fns.values():
+        for _ in range(warmups):
+            fn()
+    for round_index in range(repeats):
+        order = list(fns) if round_index % 2 == 0 else list(reversed(fns))
+        for name in order:
+            synchronize(device)
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            fns[name]()
+            synchronize(device)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.thread_time() - start_cpu)
+    return {name: {"wall_s": statistics.median(wall[name]), "cpu_s": statistics.median(cpu[name])} for name in fns}
+
+
 def peak_memory_bytes(fn, device: torch.device) -> int:
     """Peak bytes allocated above the starting point while ``fn`` runs (CUDA stats; on CPU the profiler's
     allocation events, which see every tensor allocation and free)."""
@@ -60,12 +81,17 @@ def peak_memory_bytes(fn, device: torch.device) -> int:
 
 
 def print_rows(rows: list[dict], peer: str, ours: str = "zaya_vl") -> None:
-    print(f"{'batch':>5} {'metric':>18} {peer:>14} {ours:>14} {'ratio':>7}")
+    """One line per (batch, metric): every measured variant, then each variant's ratio to ``peer``."""
+    variants = [k for k in rows[0] if k not in ("batch", "metric") and not k.startswith("ratio")] if rows else []
+    ratios = [k for k in rows[0] if k.startswith("ratio")] if rows else []
+    print(f"{'batch':>5} {'metric':>22} " + " ".join(f"{v:>18}" for v in variants) + " "
+          + " ".join(f"{r:>24}" for r in ratios))
     for row in rows:
         unit = "MiB" if row["metric"].endswith("bytes") else ""
         scale = 2 ** 20 if unit else 1
-        print(f"{row['batch']:>5} {row['metric']:>18} {row[peer] / scale:>14.1f} {row[ours] / scale:>14.1f} "
-              f"{row['ratio']:>6.2f}x")
+        cells = " ".join(f"{row[v] / scale:>18.1f}" if row[v] is not None else f"{'-':>18}" for v in variants)
+        rcells = " ".join(f"{row[r]:>23.2f}x" if row[r] is not None else f"{'-':>24}" for r in ratios)
+        print(f"{row['batch']:>5} {row['metric']:>22} {cells} {rcells}")
 
 
 def finish(results: dict, json_path: str | None) -> dict:
@@ -76,4 +102,4 @@ def finish(results: dict, json_path: str | None) -> dict:
     return results
 
 
-__all__ = ["finish", "interleaved_medians", "peak_memory_bytes", "print_rows", "synchronize"]
+__all__ = ["finish", "interleaved_medians", "interleaved_times", "peak_memory_bytes", "print_rows", "synchronize"]

@@ -7,7 +7,11 @@ Each prompt is one 224×224 image (64 image tokens after the 2×2 merge) inside 
 - ``upstream``: transformers' ``zaya`` LM fed the same merged embeddings (the vision tower is transformers'
   Qwen2.5-VL tower in both), i.e. what one gets by bolting the tower onto upstream ``zaya``: no vision LoRA,
   causal image attention, its DynamicCache.
-- ``zaya_vl``: ours (image-gated LoRA, bidirectional image attention, compressed static cache).
+- ``zaya_vl``: ours (image-gated LoRA, bidirectional image attention, compressed dynamic cache), eager;
+- ``zaya_vl_compiled``: ours with ``cache_implementation="static"`` (the decode step compiled; the prefill,
+  vision tower included, eager as in ``zaya_vl``).
+With ``--threads 1`` (the default on CPU) every time is also reported as the calling thread's CPU time
+(``*_cpu`` rows), which a busy shared machine barely disturbs.
 Prefill = vision tower + LM prefill with the cache (last-position logits); decode = ``generate()`` steps with
 the prefill subtracted; peak memory over a whole generation.
 """
@@ -19,7 +23,7 @@ import argparse
 import torch
 import transformers
 
-from bench.common import finish, interleaved_medians, peak_memory_bytes, print_rows
+from bench.common import finish, interleaved_times, peak_memory_bytes, print_rows
 from bench.lm import PRESETS as LM_PRESETS
 from zaya_vl import ZayaVL, ZayaVLConfig
 from zaya_vl.testing import balance_routing_, image_prompt, randomize_
@@ -83,19 +87,31 @@ def measure(ours, peer, batch, new_tokens, repeats, device) -> dict:
     tokens = batch * inputs["input_ids"].shape[1]
     prefill = {"upstream": lambda: peer.prefill(inputs),
                "zaya_vl": lambda: ours(**inputs, use_cache=True, logits_to_keep=1)}
+    variants = ("upstream", "zaya_vl", "zaya_vl_compiled")
 
     def generate(name, n):
         if name == "upstream":
             return lambda: peer.generate(inputs, n)
-        return lambda: ours.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        cache = "static" if name == "zaya_vl_compiled" else "dynamic"
+        return lambda: ours.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                     cache_implementation=cache)
 
-    prefill_s = interleaved_medians(prefill, repeats, device)
-    one = interleaved_medians({n: generate(n, 1) for n in prefill}, repeats, device)
-    many = interleaved_medians({n: generate(n, new_tokens + 1) for n in prefill}, repeats, device)
-    return {name: {"prefill_tok_s": tokens / prefill_s[name], "prefill_ms": prefill_s[name] * 1e3,
-                   "decode_tok_s": batch * new_tokens / max(many[name] - one[name], 1e-9),
-                   "peak_generate_bytes": peak_memory_bytes(generate(name, new_tokens + 1), device)}
-            for name in prefill}
+    prefill_t = interleaved_times(prefill, repeats, device)
+    prefill_t["zaya_vl_compiled"] = prefill_t["zaya_vl"]  # the same eager prefill
+    one = interleaved_times({n: generate(n, 1) for n in variants}, repeats, device)
+    many = interleaved_times({n: generate(n, new_tokens + 1) for n in variants}, repeats, device)
+    results = {}
+    for name in variants:
+        row = {"peak_generate_bytes": peak_memory_bytes(generate(name, new_tokens + 1), device)}
+        for clock in ("wall", "cpu") if device.type == "cpu" else ("wall",):
+            suffix = "" if clock == "wall" else "_cpu"
+            seconds = prefill_t[name][f"{clock}_s"]
+            row[f"prefill_ms{suffix}"] = seconds * 1e3
+            row[f"prefill_tok_s{suffix}"] = tokens / seconds
+            row[f"decode_tok_s{suffix}"] = batch * new_tokens / max(many[name][f"{clock}_s"] - one[name][f"{clock}_s"],
+                                                                    1e-9)
+        results[name] = row
+    return results
 
 
 def main(argv=None) -> dict:
@@ -106,11 +122,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 on CPU)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()
 
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    torch.set_num_threads(args.threads or (1 if device.type == "cpu" else torch.get_num_threads()))
     ours, upstream = build(args.preset, dtype, device)
     peer = UpstreamWithTower(ours, upstream)
     results = {"benchmark": "vl", "preset": args.preset, "dtype": args.dtype, "device": str(device),
@@ -118,9 +136,10 @@ def main(argv=None) -> dict:
                "new_tokens": args.new_tokens, "runs": []}
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         measured = measure(ours, peer, batch, args.new_tokens, args.repeats, device)
-        for metric in ("prefill_tok_s", "prefill_ms", "decode_tok_s", "peak_generate_bytes"):
+        for metric in measured["zaya_vl"]:
             row = {"batch": batch, "metric": metric, **{name: m[metric] for name, m in measured.items()}}
-            row["ratio"] = row["zaya_vl"] / row["upstream"]
+            for name in ("zaya_vl", "zaya_vl_compiled"):
+                row[f"ratio_{name}"] = row[name] / row["upstream"]
             results["runs"].append(row)
     print_rows(results["runs"], "upstream")
     return finish(results, args.json)

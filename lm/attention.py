@@ -88,7 +88,7 @@ class ZayaAttention(nn.Module):
         query, key = heads[:, : self.num_heads], heads[:, self.num_heads:]
         value = value.transpose(1, 2)
         if cache is not None:
-            key, value = cache.update(self.layer_idx, key.to(cache.dtype), value.to(cache.dtype))
+            key, value = cache.update(self.layer_idx, key.to(cache.dtype), value.to(cache.dtype), ctx.cache_positions)
             key, value = key.to(query.dtype), value.to(query.dtype)
         out = attend(
             query, key, value, ctx.attention_masks[self.layer_type],

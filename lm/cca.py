@@ -113,6 +113,14 @@ class CCAProjection(nn.Module):
 
         return self._derived.get(layout, _weights_and_biases(depthwise, grouped), build)
 
+    def warm_derived(self) -> None:
+        """Build the decode step's derived tensors now, so that a compiled step reuses them (see ``derived``)."""
+        if self._plain(self.q_proj, self.k_proj, self.v_proj_current, self.v_proj_delayed):
+            self.fused_projection()
+        if self._plain(self.conv_qk_depthwise, self.conv_qk_grouped):
+            self.folded_conv()
+            self._conv_kernel("bmm")
+
     def convolve(self, qk: torch.Tensor, history: torch.Tensor,
                  window_keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Causal conv of raw q|k rows (batch, seq, channels) preceded by ``history`` (batch, window, channels);
@@ -137,7 +145,12 @@ class CCAProjection(nn.Module):
         if window_keep is not None:
             windows = windows * window_keep[:, :, None, :].to(qk.dtype)
         windows = windows.reshape(batch * seq, self.conv_groups, -1).transpose(0, 1)  # (g, b·seq, in·taps)
-        mixed = torch.bmm(windows, self._conv_kernel("bmm").to(qk.dtype)).transpose(0, 1)  # (b·seq, g, out)
+        rows = windows.shape[1]
+        if rows == 1 and torch.compiler.is_compiling() and windows.device.type == "cpu":
+            # Inductor turns a one-row CPU bmm into a multiply-and-sum whose reduction strides across the kernel
+            # (measured ~25 ms of a 40 ms medium decode step); two rows keep it a GEMM.
+            windows = windows.expand(-1, 2, -1)
+        mixed = torch.bmm(windows, self._conv_kernel("bmm").to(qk.dtype))[:, :rows].transpose(0, 1)  # (b·seq, g, out)
         return mixed.reshape(batch, seq, channels) + self.folded_conv()[1].to(qk.dtype), padded
 
     @staticmethod
@@ -207,7 +220,7 @@ class CCAProjection(nn.Module):
 
         # Values: the current token's projection, and the previous token's delayed projection — before the
         # first token that is the projection of a zero input (its bias), as the reference pads.
-        resuming = cache is not None and cache.get_seq_length() > 0
+        resuming = ctx.resuming
         first = (cache.delayed_values[self.layer_idx][:, None].to(x.dtype) if resuming
                  else self._start_value(value_next, batch))
         value_delayed = first if seq == 1 else torch.cat([first, value_next[:, :-1]], dim=1)
@@ -270,6 +283,9 @@ class QKNorm(nn.Module):
         temp = self.temp
         return self._derived.get("gains", [temp], lambda: (torch.cat([temp.new_ones(self.num_heads), temp])
                                                              * self.scale)[:, None])
+
+    def warm_derived(self) -> None:
+        self.head_gains()
 
     def forward(self, heads: torch.Tensor) -> torch.Tensor:
         """``heads``: (b, s, heads + kv_heads, d), the query heads first. Four ops for all heads: a decode step

@@ -15,6 +15,11 @@ class DerivedTensors:
         self._memo: dict[str, tuple[tuple, object]] = {}
 
     def get(self, name: str, sources: list[torch.Tensor], build):
+        if torch.compiler.is_compiling():
+            # A compiled step cannot key on storage pointers: it reuses what the eager prefill memoised
+            # (the graph guards on that tensor), or builds the tensor inside the graph.
+            memo = self._memo.get(name)
+            return memo[1] if memo is not None else build()
         if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
             self._memo.pop(name, None)
             return build()

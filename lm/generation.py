@@ -1,12 +1,22 @@
 """What every model with a ZAYA1 decoder (``self.model``) and an ``lm_head`` shares: the loss/logits head and
-generation with the compressed cache. ``ZayaLM`` and ``zaya_vl.ZayaVL`` both mix it in."""
+generation with the compressed cache. ``ZayaLM`` and ``zaya_vl.ZayaVL`` both mix it in.
+
+Caches: ``generate()`` builds a ``ZayaCache`` sized to the generation (grown by doubling if a caller's is not),
+or with ``cache_implementation="static"`` a ``StaticZayaCache`` whose capacity is rounded up to a multiple of
+``STATIC_CACHE_BUCKET`` tokens, and then compiles the decode step (``torch.compile(fullgraph=True,
+dynamic=False)``): every step, and every prompt whose prompt + new tokens fit the same bucket, reuses one graph.
+The prefill runs eagerly. On CUDA the static cache is the default and the step is captured as a CUDA graph
+(``mode="reduce-overhead"``); elsewhere pass ``cache_implementation="static"`` to compile (inductor; a
+``compile_config`` chooses another backend), or ``disable_compile=True`` to run the static cache eagerly.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
-from transformers import GenerationMixin
+from transformers import CompileConfig, GenerationMixin
 
-from zaya_vl.lm.cache import ZayaCache
+from zaya_vl.lm.cache import StaticZayaCache, ZayaCache
 from zaya_vl.lm.kernels import few_rows
 from zaya_vl.lm.loss import causal_lm_loss
 from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast
@@ -44,17 +54,65 @@ class ZayaGenerationMixin(GenerationMixin):
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length, *args, **kwargs) -> None:
-        # Our own compressed cache, preallocated to the generation's max length, replaces DynamicCache.
+        # Our own compressed cache, preallocated to the generation's max length, replaces transformers' caches.
         if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
             return
         copies = max(generation_config.num_beams or 1, generation_config.num_return_sequences or 1)
-        model_kwargs["cache"] = ZayaCache(
-            self.config.get_text_config(), batch_size * copies, max_length=max_cache_length, dtype=self.dtype,
-            device=self.device)
+        implementation = generation_config.cache_implementation
+        if implementation is None and self.device.type == "cuda" and copies == 1:
+            implementation = "static"  # compiled, CUDA-graph captured decode by default on GPUs
+        if implementation not in (None, "dynamic", "static"):
+            raise ValueError(f"cache_implementation={implementation!r}: ZAYA1 models support 'dynamic' (the default "
+                             "off CUDA) and 'static' (fixed-size, compiled decode).")
+        cache_class, length = ZayaCache, max_cache_length
+        if implementation == "static":
+            bucket = STATIC_CACHE_BUCKET
+            cache_class, length = StaticZayaCache, -(-max_cache_length // bucket) * bucket
+        model_kwargs["cache"] = cache_class.for_model(self, batch_size * copies, max_length=length)
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False
+    # -- the compiled decode step -------------------------------------------------------------------------
+    def _valid_auto_compile_criteria(self, model_kwargs, generation_config) -> bool:
+        cache = model_kwargs.get("cache")
+        if generation_config.disable_compile or not isinstance(cache, StaticZayaCache):
+            return False
+        devices = set(getattr(self, "hf_device_map", {}).values())
+        return not ({"cpu", "disk"} & devices and len(devices) > 1)  # offloaded models do not compile
+
+    def _default_compile_config(self) -> CompileConfig:
+        config = CompileConfig(fullgraph=True, dynamic=False)
+        if self.device.type != "cuda":
+            config.mode = "default"  # CUDA graphs exist on CUDA only
+        return config
+
+    def get_compiled_call(self, compile_config) -> callable:
+        with torch.no_grad():  # the fused weights a step uses, built once outside the graph
+            for module in self.modules():
+                if hasattr(module, "warm_derived"):
+                    module.warm_derived()
+        compiled = super().get_compiled_call(compile_config)
+
+        def step(**inputs):
+            cache = inputs.get("cache")
+            before = cache.seq_length if cache is not None else None
+            outputs = compiled(**inputs)
+            if cache is not None and cache.seq_length == before:
+                # Inside the graph the cache advanced its device length only: keep its host count here.
+                tokens = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs["inputs_embeds"]
+                cache.note_compiled_step(tokens.shape[1])
+            return outputs
+
+        return step
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """A static ZAYA1 cache records the prompt's padding at prefill and builds its masks on the device, so
+        decode steps take no attention mask (its growing width would recompile the step every token)."""
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        cache = inputs.get("cache")
+        if isinstance(cache, StaticZayaCache) and cache.filled:
+            inputs.pop("attention_mask", None)
+        return inputs
 
 
-__all__ = ["ZayaGenerationMixin"]
+STATIC_CACHE_BUCKET = 256  # static caches round their capacity up to this: one compiled step per bucket
+
+__all__ = ["STATIC_CACHE_BUCKET", "ZayaGenerationMixin"]

@@ -56,11 +56,18 @@ class ResidualScaling(nn.Module):
     def forward(self, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         # (branch + b₁)·s₁ + (residual + b₂)·s₂ with the constant b₁s₁ + b₂s₂ folded (and memoised at
         # inference): two passes over the activations instead of five.
-        sources = [self.hidden_states_bias, self.hidden_states_scale, self.residual_bias, self.residual_scale]
-        constant = self._derived.get("constant", sources, lambda: torch.addcmul(
-            self.hidden_states_bias * self.hidden_states_scale, self.residual_bias, self.residual_scale))
+        constant = self._constant()
         merged = torch.addcmul(constant.to(residual.dtype), branch.to(residual.dtype), self.hidden_states_scale)
         return torch.addcmul(merged, residual, self.residual_scale)
+
+
+    def _constant(self) -> torch.Tensor:
+        sources = [self.hidden_states_bias, self.hidden_states_scale, self.residual_bias, self.residual_scale]
+        return self._derived.get("constant", sources, lambda: torch.addcmul(
+            self.hidden_states_bias * self.hidden_states_scale, self.residual_bias, self.residual_scale))
+
+    def warm_derived(self) -> None:
+        self._constant()
 
 
 class RotaryEmbedding(nn.Module):

@@ -28,11 +28,9 @@ def build_attention_mask(
     image_span_ids: torch.Tensor | None = None,
     segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """``padding_mask``, ``image_span_ids`` and ``segment_ids`` are (batch, key_length) over all keys."""
-    if padding_mask is not None and bool(padding_mask.all()):
-        padding_mask = None
-    if image_span_ids is not None and not bool((image_span_ids[:, -query_length:] > 0).any()):
-        image_span_ids = None  # no image token among the queries: causal is exact
+    """``padding_mask``, ``image_span_ids`` and ``segment_ids`` are (batch, key_length) over all keys. Nothing here
+    reads a device value on the host (a decode step must not sync): a caller that knows there is no padding,
+    or no image among the queries, passes ``None`` to get the unmasked fast path."""
     window_matters = sliding_window is not None and key_length > sliding_window
     if padding_mask is None and image_span_ids is None and segment_ids is None and not window_matters:
         if query_length == 1 or query_length == key_length:

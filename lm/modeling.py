@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from transformers.utils.deprecation import deprecate_kwarg
 
 from zaya_vl.lm.attention import ZayaAttention
-from zaya_vl.lm.cache import ZayaCache
+from zaya_vl.lm.cache import ZayaCache, decoder_layer_devices
 from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lm.layers import ResidualScaling, RMSNorm, RotaryEmbedding
 from zaya_vl.lm.generation import ZayaGenerationMixin
@@ -45,6 +45,11 @@ class RoutingStore:
         return len(self._by_layer)
 
 
+# A static cache's (compiled) decode step records no router outputs (the forward refuses output_router_logits
+# there); it shares this empty store, as constructing one inside a compiled graph is not traceable.
+_STATIC_STEP_ROUTINGS = RoutingStore()
+
+
 @dataclass
 class ForwardContext:
     """What every layer of one forward needs, computed once."""
@@ -53,6 +58,8 @@ class ForwardContext:
     attention_masks: dict
     attn_implementation: str
     cache: ZayaCache | None = None
+    resuming: bool = False                        # the cache already holds tokens of these sequences
+    cache_positions: torch.Tensor | None = None  # (s,) write positions in a static cache
     token_mask: torch.Tensor | None = None        # (b, s) real tokens, only when the chunk has padding
     window_keep: torch.Tensor | None = None       # (b, s, window+1) conv taps inside the same document
     delayed_keep: torch.Tensor | None = None      # (b, s) previous token is in the same document
@@ -179,15 +186,27 @@ class ZayaLMModel(ZayaPreTrainedModel):
         if self.training and self.gradient_checkpointing:
             use_cache = False
         if use_cache and cache is None:
-            cache = ZayaCache(self.config, batch, dtype=inputs_embeds.dtype, device=inputs_embeds.device)
-        if segment_ids is not None and cache is not None and cache.get_seq_length() > 0:
+            cache = ZayaCache(self.config, batch, dtype=inputs_embeds.dtype, device=decoder_layer_devices(self))
+        if cache is not None and not cache.placed:
+            cache.place(decoder_layer_devices(self), self.dtype)
+        static = cache is not None and cache.is_static
+        # Python facts only (no device value is read): whether this forward continues cached sequences.
+        resuming = cache is not None and (cache.filled if static else cache.get_seq_length() > 0)
+        if segment_ids is not None and resuming:
             raise ValueError("segment_ids (packed documents) cannot be combined with a non-empty cache.")
-        past = cache.get_seq_length() if cache is not None else 0
+        if static and resuming and output_router_logits:
+            raise NotImplementedError("output_router_logits in a decode step of a static cache: use the dynamic "
+                                      "cache (cache_implementation='dynamic') to record router outputs.")
+        past = cache.get_seq_length() if cache is not None and not static else 0
+        cache_positions = cache.write_positions(seq) if static else None
 
         if position_ids is None:
-            position_ids = self._default_positions(batch, seq, past, segment_ids, inputs_embeds.device)
+            if static:
+                position_ids = cache_positions.to(inputs_embeds.device).expand(batch, seq)
+            else:
+                position_ids = self._default_positions(batch, seq, past, segment_ids, inputs_embeds.device)
         ctx = self._context(attention_mask, cache, past, batch, seq, image_mask, image_attention, segment_ids,
-                            position_ids, inputs_embeds)
+                            position_ids, inputs_embeds, resuming, cache_positions)
 
         residual = ((inputs_embeds + self.input_hidden_states_bias) * self.input_hidden_states_scale).float()
         router_state = None
@@ -217,26 +236,46 @@ class ZayaLMModel(ZayaPreTrainedModel):
         return index - last_start
 
     def _context(self, attention_mask, cache, past, batch, seq, image_mask, image_attention, segment_ids,
-                 position_ids, inputs_embeds) -> ForwardContext:
+                 position_ids, inputs_embeds, resuming=False, cache_positions=None) -> ForwardContext:
+        """Masks and per-forward facts. Only a forward that starts sequences (a prefill) reads device values on
+        the host (is there padding, is there an image); it records them in the cache, so a decode step reads
+        none and can run under CUDA graphs."""
         config, device = self.config, inputs_embeds.device
+        static = cache is not None and cache.is_static
+        if static and resuming:
+            return self._static_step_context(attention_mask, cache, batch, seq, image_mask, position_ids,
+                                             inputs_embeds, cache_positions)
         key_length = past + seq
         padding_mask = attention_mask.bool() if attention_mask is not None else None
         if padding_mask is not None and padding_mask.shape[-1] != key_length:
             raise ValueError(f"attention_mask covers {padding_mask.shape[-1]} tokens but the cache holds {past} "
                              f"and the input {seq}: it must cover all {key_length}.")
+        if padding_mask is not None:
+            if not resuming:
+                if bool(padding_mask.all()):
+                    padding_mask = None
+                if cache is not None:
+                    cache.prompt_padded = padding_mask is not None
+            elif not cache.prompt_padded:
+                padding_mask = None  # new tokens after an unpadded prompt are real: recorded at prefill
         chunk_padding = padding_mask[:, past:] if padding_mask is not None else None
-        token_mask = chunk_padding if chunk_padding is not None and not bool(chunk_padding.all()) else None
+        token_mask = chunk_padding
+        if static:  # prefill into an empty static cache: record which positions hold real tokens
+            valid = chunk_padding if chunk_padding is not None else cache.key_valid.new_ones(batch, seq)
+            cache.key_valid.index_copy_(1, cache_positions.to(cache.key_valid.device), valid.to(cache.key_valid.device))
 
         if image_attention not in IMAGE_ATTENTION_MODES:
             raise ValueError(f"image_attention={image_attention!r}; expected one of {IMAGE_ATTENTION_MODES}.")
         span_ids = None
         image_rows = image_token = None
-        if image_mask is not None and bool(image_mask.any()):
+        if image_mask is not None and (resuming or bool(image_mask.any())):
             image_token = image_mask.reshape(-1).bool()
             image_rows = image_token.nonzero().squeeze(1)
             if image_attention != "causal":
                 span_ids = image_attention_spans(image_mask, image_attention)
-                if past:
+                if not bool((span_ids > 0).any()):
+                    span_ids = None  # no image token among the queries: causal is exact
+                elif past:
                     if cache.last_token_image is not None and bool((cache.last_token_image & image_mask[:, 0]).any()):
                         raise ValueError(
                             "An image span continues from the cache into this chunk: bidirectional image attention "
@@ -270,9 +309,43 @@ class ZayaLMModel(ZayaPreTrainedModel):
             attention_masks=masks,
             block_masks=block_masks,
             attn_implementation=implementation,
-            cache=cache, token_mask=token_mask, window_keep=window_keep, delayed_keep=delayed_keep,
-            image_rows=image_rows, image_token=image_token,
+            cache=cache, resuming=resuming, cache_positions=cache_positions, token_mask=token_mask,
+            window_keep=window_keep, delayed_keep=delayed_keep, image_rows=image_rows, image_token=image_token,
         )
+
+    def _static_step_context(self, attention_mask, cache, batch, seq, image_mask, position_ids, inputs_embeds,
+                             cache_positions) -> ForwardContext:
+        """A step that continues a static cache: attention over the whole buffer, under a mask built on the
+        device from the write positions and the recorded valid keys. Same shapes at every position."""
+        if image_mask is not None:
+            raise NotImplementedError("image tokens after the prefill of a static cache: put every image in the "
+                                      "prompt, or use the dynamic cache.")
+        config, device = self.config, cache.key_valid.device
+        positions = cache_positions.to(device)
+        if attention_mask is not None and cache.prompt_padded:
+            new_valid = attention_mask[:, -seq:].to(device=device, dtype=torch.bool)
+        else:
+            new_valid = cache.key_valid.new_ones(batch, seq)
+        cache.key_valid.index_copy_(1, positions, new_valid)
+        key_pos = torch.arange(cache.capacity, device=device)
+        query_pos = positions[:, None]
+        causal = key_pos[None, :] <= query_pos                                     # (s, capacity)
+        masks = {}
+        for layer_type in set(config.layer_types):
+            allowed, sliding = causal, layer_type == "hybrid_sliding"
+            if sliding and config.sliding_window is not None:
+                allowed = allowed & (query_pos - key_pos[None, :] < config.sliding_window)
+            allowed = allowed[None, None]
+            if not sliding or config.sliding_window_masks_padding:
+                allowed = allowed & cache.key_valid[:, None, None, :]
+            masks[layer_type] = allowed | (key_pos[None, :] == query_pos)[None, None]  # a padded query sees itself
+        token_mask = new_valid if cache.prompt_padded else None
+        return ForwardContext(
+            rotary=self.rotary_emb(position_ids, inputs_embeds.dtype), attention_masks=masks,
+            attn_implementation="sdpa" if (config._attn_implementation or "sdpa") == "flex_attention"
+            else (config._attn_implementation or "sdpa"),
+            cache=cache, resuming=True, cache_positions=cache_positions, token_mask=token_mask,
+            routings=_STATIC_STEP_ROUTINGS)
 
 
 class ZayaLM(ZayaPreTrainedModel, ZayaGenerationMixin):

@@ -21,7 +21,7 @@ from torch import nn
 from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lm.kernels import few_rows
 from zaya_vl.lm.kernels.dispatch import (DECODE_MAX_TOKENS, ExpertLoRA, expert_mlp_tokens, grouped_linear,
-                                         grouped_swiglu, kernel_backend)
+                                         grouped_mm_supported, grouped_swiglu, kernel_backend)
 from zaya_vl.lm.layers import RMSNorm
 from zaya_vl.lora.gated import GatedExpertLoRA
 
@@ -63,9 +63,16 @@ class ZayaRouter(nn.Module):
         self.register_buffer("balancing_biases", biases)
 
     def forward(self, x: torch.Tensor, prev_router_state: torch.Tensor | None) -> Routing:
+        # Autocast would run these linears in bf16/fp16: the router is fp32 by design, so switch it off here.
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._route(x, prev_router_state)
+        return self._route(x, prev_router_state)
+
+    def _route(self, x: torch.Tensor, prev_router_state: torch.Tensor | None) -> Routing:
         state = few_rows.linear(x.float(), self.down_proj.weight.float(), self.down_proj.bias.float())
         if self.use_eda and prev_router_state is not None:
-            state = state + prev_router_state * self.router_states_scale.float()
+            state = state + prev_router_state.float() * self.router_states_scale.float()
         logits = self.router_mlp(state).reshape(-1, self.num_experts + 1)
         probs = torch.softmax(logits, dim=-1)
         expert = torch.argmax(probs.detach() + self.balancing_biases.float(), dim=-1)
@@ -90,21 +97,27 @@ class ZayaExperts(nn.Module):
         }) if rank > 0 else None
 
     def forward(self, x: torch.Tensor, routing: Routing, image_token: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: (tokens, hidden); ``image_token``: (tokens,) bool or None. Returns (tokens, hidden)."""
+        """``x``: (tokens, hidden); ``image_token``: (tokens,) bool or None (no image token in this forward).
+        Returns (tokens, hidden)."""
         E = self.num_experts
-        use_adapters = self.vision_adapters is not None and image_token is not None and bool(image_token.any())
-        few_tokens = x.shape[0] == 1 or (x.shape[0] <= DECODE_MAX_TOKENS
-                                         and kernel_backend(x.device, x.dtype) == "triton")
+        use_adapters = self.vision_adapters is not None and image_token is not None
+        x_in = x
+        x = x.to(self.gate_up_proj.dtype)  # an autocast or mixed-precision caller may hand us another dtype
+        few_tokens = x.shape[0] <= DECODE_MAX_TOKENS
         if few_tokens and not use_adapters:
-            return self._few_tokens(x, routing)
+            return self._few_tokens(x, routing).to(x_in.dtype)
+        if not use_adapters and (torch.compiler.is_compiling()
+                                 or (not host_sync_allowed(x) and _grouped_mm_fits(x, self))):
+            return self._grouped_on_device(x, routing).to(x_in.dtype)
 
-        # Sort once by (expert, is_image): skip (== E) sorts last; image rows end each expert's range.
+        # Prefill: sort once by (expert, is_image): skip (== E) sorts last; image rows end each expert's range.
+        # Counting the computed rows on the host (one sync per layer) lets skip-routed rows cost nothing.
         sort_key = routing.expert * 2 + (image_token.long() if use_adapters else 0)
         order = torch.argsort(sort_key, stable=True)
         counts = torch.bincount(routing.expert, minlength=E + 1)
         computed = int(x.shape[0] - counts[E])
         if computed == 0:
-            return self._skip_rows(x, routing)
+            return self._skip_rows(x, routing).to(x_in.dtype)
         rows = order[:computed]
         expert_ends = torch.cumsum(counts[:E], dim=0)
         x_sorted = x.index_select(0, rows)
@@ -123,7 +136,28 @@ class ZayaExperts(nn.Module):
         y = y * routing.weight.index_select(0, rows)[:, None].to(y.dtype)
 
         out = self._skip_rows(x, routing)
-        return out.index_copy(0, rows, y.to(out.dtype))
+        return out.index_copy(0, rows, y.to(out.dtype)).to(x_in.dtype)
+
+    def _grouped_on_device(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """The grouped path with no host sync (as upstream's ``grouped_mm`` experts): skip-routed rows sort to the
+        tail, ``histc`` counts the experts' rows without them, and the grouped GEMM stops at the last expert's
+        end, so neither the row count nor the offsets ever leave the device. Rows past that end are left
+        unwritten by the kernel and masked out here."""
+        E = self.num_experts
+        skipped = routing.expert == E
+        if not _grouped_mm_fits(x, self) and kernel_backend(x.device, x.dtype) != "triton":
+            # No grouped kernel here (the torch loop would read the offsets on the host): each token gathers.
+            y = self._gathered_tokens(x, routing.expert) * routing.weight[:, None].to(x.dtype)
+            return torch.where(skipped[:, None], self._skip_rows(x, routing), y.to(x.dtype))
+        order = torch.argsort(routing.expert, stable=True)
+        counts = torch.histc(routing.expert.float(), bins=E, min=0, max=E - 1)  # drops skip (== E)
+        expert_ends = torch.cumsum(counts, dim=0).to(torch.int32)
+        activated = grouped_swiglu(x.index_select(0, order), self.gate_up_proj, expert_ends)
+        y = grouped_linear(activated, self.down_proj, expert_ends)
+        y = y * routing.weight.index_select(0, order)[:, None].to(y.dtype)
+        y = torch.where(skipped.index_select(0, order)[:, None], 0.0, y)  # also clears the unwritten rows
+        out = self._skip_rows(x, routing)
+        return out.index_add(0, order, y.to(out.dtype))
 
     def _skip_rows(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         """The output every token starts from: what skip-routed tokens receive."""
@@ -133,13 +167,66 @@ class ZayaExperts(nn.Module):
         return x * skipped[:, None]
 
     def _few_tokens(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
-        # Decode: each token indexes its chosen expert's weights directly, no sort or grouping.
-        y = expert_mlp_tokens(x, self.gate_up_proj, self.down_proj, routing.expert)
+        # Decode: each token reads its chosen expert's weights directly, no sort or grouping.
+        if x.device.type != "cpu" and _grouped_mm_fits(x, self):
+            return self._grouped_on_device(x, routing)
+        if host_sync_allowed(x) or kernel_backend(x.device, x.dtype) == "triton":
+            y = expert_mlp_tokens(x, self.gate_up_proj, self.down_proj, routing.expert)  # skip rows: zeros
+        elif _HOST_SYNC_ON_CPU and x.device.type == "cpu":  # compiled on CPU: one opaque op indexes on the host
+            y = torch.ops.zaya_vl.cpu_expert_mlp_tokens(x, self.gate_up_proj, self.down_proj, routing.expert)
+        else:
+            y = self._gathered_tokens(x, routing.expert)  # skip rows: expert 0's output, replaced below
         y = (y * routing.weight[:, None].to(y.dtype)).to(x.dtype)
-        if self.skip_output == "zero":
-            return y  # skip-routed rows are zeros already
         skipped = (routing.expert == self.num_experts)[:, None]
         return torch.where(skipped, self._skip_rows(x, routing), y)
+
+    def _gathered_tokens(self, x: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """Each token through its expert, the expert chosen on the device (skip-routed tokens through expert 0;
+        the caller zeroes them): a gathered batched GEMV."""
+        chosen = expert.clamp(max=self.num_experts - 1)
+        gate_up, down = self.gate_up_proj.index_select(0, chosen), self.down_proj.index_select(0, chosen)
+        gate, up = torch.bmm(gate_up, x[:, :, None]).squeeze(-1).chunk(2, dim=-1)
+        return torch.bmm(down, (F.silu(gate) * up)[:, :, None]).squeeze(-1)
+
+
+@torch.library.custom_op("zaya_vl::cpu_expert_mlp_tokens", mutates_args=(), device_types="cpu")
+def _cpu_expert_mlp_tokens(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
+                           expert: torch.Tensor) -> torch.Tensor:
+    """A compiled CPU decode step's experts: reading the chosen expert on the host costs nothing on a CPU and
+    each token then reads only its expert's weights in place (measured: inductor's fused gather-and-reduce over
+    the same weights ran at ~1 GB/s, several times slower). Several tokens are grouped by expert first, so
+    each chosen expert's weights are read once, not once per token."""
+    if x.shape[0] == 1:
+        return expert_mlp_tokens(x, gate_up, down, expert)
+    E = gate_up.shape[0]
+    order = torch.argsort(expert, stable=True)
+    counts = torch.bincount(expert, minlength=E + 1)
+    computed = int(x.shape[0] - counts[E])
+    out = x.new_zeros(x.shape[0], down.shape[1])
+    if computed:
+        rows, ends = order[:computed], torch.cumsum(counts[:E], dim=0)
+        activated = grouped_swiglu(x.index_select(0, rows), gate_up, ends)
+        out.index_copy_(0, rows, grouped_linear(activated, down, ends).to(out.dtype))
+    return out
+
+
+@_cpu_expert_mlp_tokens.register_fake
+def _(x, gate_up, down, expert):
+    return x.new_empty(x.shape[0], down.shape[1])
+
+
+def host_sync_allowed(x: torch.Tensor) -> bool:
+    """Whether this call may read device values on the host (``.tolist()``, ``int(tensor)``): only eagerly on
+    CPU, where that costs no device sync. A GPU, and any compiled graph, takes the paths that never do."""
+    return _HOST_SYNC_ON_CPU and x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _grouped_mm_fits(x: torch.Tensor, experts: "ZayaExperts") -> bool:
+    return (grouped_mm_supported(x, experts.gate_up_proj) and grouped_mm_supported(x, experts.down_proj)
+            and not (torch.is_grad_enabled() and experts.gate_up_proj.requires_grad and x.device.type == "cpu"))
+
+
+_HOST_SYNC_ON_CPU = True  # tests switch it off to run the GPU's sync-free paths on CPU
 
 
 class ZayaMoE(nn.Module):
@@ -155,4 +242,4 @@ class ZayaMoE(nn.Module):
         return out.view_as(x), routing
 
 
-__all__ = ["Routing", "ZayaRouter", "ZayaExperts", "ZayaMoE"]
+__all__ = ["Routing", "ZayaRouter", "ZayaExperts", "ZayaMoE", "host_sync_allowed"]

@@ -33,7 +33,8 @@ def _ask(args: argparse.Namespace) -> int:
 
     model = args.model or str(default_model_path())
     assistant = VLAssistant.from_pretrained(
-        model, settings=GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature))
+        model, **device_kwargs(args),
+        settings=GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature))
     print(assistant.ask(args.image, args.question))
     return 0
 
@@ -43,10 +44,26 @@ def _demo(args: argparse.Namespace) -> int:
 
     try:
         run_demo(args.model, args.examples_dir, args.eval_dir, args.output_dir, limit=args.limit,
-                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **device_kwargs(args))
     except FileNotFoundError as error:
         raise SystemExit(f"zaya-vl demo: {error}") from None
     return 0
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """--device / --dtype, as every command that runs the model takes them."""
+    parser.add_argument("--device", default=None,
+                        help="cuda, cuda:1, cpu, or 'auto' (split over the GPUs); default: cuda when available")
+    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32", "auto"],
+                        help="default: bfloat16 on a GPU, float32 on CPU")
+
+
+def device_kwargs(args: argparse.Namespace) -> dict:
+    """VLAssistant.from_pretrained's placement arguments from add_device_args' flags."""
+    device = getattr(args, "device", None)
+    if device == "auto":
+        return {"device_map": "auto", "dtype": getattr(args, "dtype", None)}
+    return {"device": device, "dtype": getattr(args, "dtype", None)}
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -95,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_vl.add_argument("--limit", type=int, default=None, help="first N items of each eval task")
     demo_vl.add_argument("--batch-size", type=int, default=8)
     demo_vl.add_argument("--max-new-tokens", type=int, default=None, help="cap every reply (default: each task's)")
+    add_device_args(demo_vl)
     demo_vl.set_defaults(func=_demo)
 
     demo = sub.add_parser("demo-lm", help="generate with the bundled tiny ZAYA1 LM and print tokens/s")
@@ -107,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled tiny model)")
     ask.add_argument("--max-new-tokens", type=int, default=64)
     ask.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    add_device_args(ask)
     ask.set_defaults(func=_ask)
 
     add_train_args(sub)

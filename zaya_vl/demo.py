@@ -36,10 +36,13 @@ LABEL_GROUPS = {"receipt": "document", "form": "document", "chart": "document", 
 
 def run_demo(model: str | Path = DEFAULT_MODEL, examples_dir: str | Path = DEFAULT_EXAMPLES,
              eval_dir: str | Path = DEFAULT_EVAL, output_dir: str | Path = DEFAULT_OUTPUT,
-             limit: int | None = None, batch_size: int = 8, max_new_tokens: int | None = None) -> dict:
+             limit: int | None = None, batch_size: int = 8, max_new_tokens: int | None = None,
+             **placement) -> dict:
     """Answer the example questions, evaluate on `eval_dir` into `output_dir` (resumable); return the
     results dict written to `output_dir/results.json`, plus "examples": the answers to the example questions.
-    `limit`: first N items of each eval task. `max_new_tokens`: a cap on every reply (default: each task's)."""
+    `limit`: first N items of each eval task. `max_new_tokens`: a cap on every reply (default: each task's).
+    `placement`: ``device`` / ``device_map`` / ``dtype`` for ``VLAssistant.from_pretrained`` (default: the GPU
+    in bf16 when there is one)."""
     from zaya_vl.eval_vl.registry import get_task
     from zaya_vl.eval_vl.runner import run_eval
     from zaya_vl.inference import VLAssistant
@@ -48,7 +51,7 @@ def run_demo(model: str | Path = DEFAULT_MODEL, examples_dir: str | Path = DEFAU
     data = {task: eval_dir / f"{task}.jsonl" for task in TASKS}
     _require([model / "config.json", *(examples_dir / name for name in QUESTIONS), *data.values()])
 
-    assistant = VLAssistant.from_pretrained(str(model), batch_size=batch_size)
+    assistant = VLAssistant.from_pretrained(str(model), batch_size=batch_size, **placement)
     print(f"model: {model}\n")
     asked = [(name, question) for name, questions in QUESTIONS.items() for question in questions]
     shown = [q if isinstance(q, str) else f"{q[0]} ({', '.join(q[1])})" for _, q in asked]

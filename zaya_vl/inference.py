@@ -30,6 +30,27 @@ class GenerationSettings:
         return kwargs
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_placement(device: str | None = None, device_map: str | dict | None = None,
+                      dtype: torch.dtype | str | None = None) -> tuple[str | dict, torch.dtype | str]:
+    """``(device_map, dtype)`` for ``from_pretrained``, as lmms-eval's Qwen2.5-VL model chooses them: the model on
+    ``device`` (default CUDA when available) unless a ``device_map`` is given, bf16 on a GPU, fp32 on CPU.
+    ``dtype`` may be a torch dtype, its name (``"bfloat16"``) or ``"auto"`` (the checkpoint's)."""
+    if device_map is None:
+        device_map = device or default_device()
+    if dtype is None:
+        on_cpu = device_map == "cpu" or (isinstance(device_map, dict) and set(map(str, device_map.values())) <= {"cpu"})
+        dtype = torch.float32 if on_cpu else torch.bfloat16
+    elif isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype={dtype!r} is not a torch dtype (e.g. 'bfloat16', 'float32' or 'auto').")
+        dtype = getattr(torch, dtype)
+    return device_map, dtype
+
+
 class VLAssistant:
     def __init__(self, model, processor, settings: GenerationSettings | None = None, batch_size: int = 8) -> None:
         self.model = model.eval()
@@ -38,13 +59,15 @@ class VLAssistant:
         self.batch_size = batch_size
 
     @classmethod
-    def from_pretrained(cls, path: str, *, dtype: torch.dtype | str | None = None, device_map: str | None = None,
-                        batch_size: int = 8, settings: GenerationSettings | None = None, **model_kwargs):
+    def from_pretrained(cls, path: str, *, dtype: torch.dtype | str | None = None, device: str | None = None,
+                        device_map: str | dict | None = None, batch_size: int = 8,
+                        settings: GenerationSettings | None = None, **model_kwargs):
+        """``device`` (default: CUDA when available, else CPU) places the whole model; ``device_map`` (e.g.
+        ``"auto"`` to split over several GPUs) overrides it. ``dtype`` defaults to bf16 on a GPU, fp32 on CPU."""
         from zaya_vl import ZayaVL
         from zaya_vl.processing import ZayaVLProcessor
 
-        if dtype is None:
-            dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        device_map, dtype = resolve_placement(device, device_map, dtype)
         model = ZayaVL.from_pretrained(path, dtype=dtype, device_map=device_map, **model_kwargs)
         return cls(model, ZayaVLProcessor.from_pretrained(path), settings=settings, batch_size=batch_size)
 
@@ -86,4 +109,4 @@ class VLAssistant:
         return replies
 
 
-__all__ = ["GenerationSettings", "VLAssistant"]
+__all__ = ["GenerationSettings", "VLAssistant", "default_device", "resolve_placement"]

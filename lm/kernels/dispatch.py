@@ -21,7 +21,7 @@ import torch
 
 from zaya_vl.lm.kernels.cca_reference import cca_conv_reference
 from zaya_vl.lm.kernels.grouped import (ExpertLoRA, expert_mlp_tokens_reference, grouped_linear_reference,
-                                        grouped_swiglu_reference)
+                                        grouped_mm_supported, grouped_swiglu_reference)
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DECODE_MAX_TOKENS = 8  # up to this many tokens a step skips the MoE sort and updates the CCA state in place
@@ -118,5 +118,5 @@ def cca_prefill_conv(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Tens
     return cca_conv_reference(qk, history, kernel, bias, num_heads, num_kv_heads)
 
 
-__all__ = ["DECODE_MAX_TOKENS", "ExpertLoRA", "kernel_backend", "grouped_linear", "grouped_swiglu",
+__all__ = ["DECODE_MAX_TOKENS", "ExpertLoRA", "kernel_backend", "grouped_mm_supported", "grouped_linear", "grouped_swiglu",
            "expert_mlp_tokens", "cca_decode_conv", "cca_prefill_conv"]

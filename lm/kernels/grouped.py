@@ -17,25 +17,51 @@ import torch.nn.functional as F
 from zaya_vl.lm.kernels import few_rows
 
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
+_TORCH_VERSION = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
 
 
-def _grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if not _HAS_GROUPED_MM or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
-        # torch._grouped_mm's backward is CUDA-only in the builds we support; autograd takes the loop.
+def grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``torch._grouped_mm`` runs ``x`` (rows, in) against ``weight`` (experts, out, in) as one kernel
+    here. Elsewhere the caller takes the Triton kernel or a loop over experts. The conditions are those under
+    which torch has a real kernel (upstream transformers gates the same way):
+
+    - CUDA: bf16 only (other dtypes take a per-expert loop inside torch that syncs), 16-byte aligned rows, and
+      compute capability 9.x on torch ≤ 2.8 (Hopper-only kernel) or ≥ 8.0 from 2.9;
+    - CPU: fp32/bf16 with 16-byte aligned rows and storage (torch ≤ 2.10 requires the alignment);
+    - compiled: bf16 only (inductor lowers no other dtype);
+    - autograd: CUDA only (the CPU kernel has no backward in the builds we support).
+    """
+    if not _HAS_GROUPED_MM:
         return False
-    if x.device.type == "cuda":
-        # The CUDA kernel wants bf16 and 16-byte aligned rows.
-        return x.dtype == torch.bfloat16 and x.shape[-1] % 8 == 0 and weight.shape[1] % 8 == 0
-    # Both matrices' rows must be 16-byte aligned (the rank-r LoRA factors often are not).
-    aligned = all(size * x.element_size() % 16 == 0 for size in (x.shape[-1], weight.shape[1]))
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and aligned
+    device = x.device.type
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) and device != "cuda":
+        return False
+    if torch.compiler.is_compiling() and weight.dtype != torch.bfloat16:
+        return False
+    if device == "cuda":
+        if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
+            return False
+        if x.shape[-1] % 8 or weight.shape[1] % 8:
+            return False
+        capability = torch.cuda.get_device_capability(x.device)
+        return capability >= (8, 0) if _TORCH_VERSION >= (2, 9) else capability[0] == 9
+    if device == "cpu":
+        if x.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != x.dtype:
+            return False
+        # Both matrices' rows must be 16-byte aligned (the rank-r LoRA factors often are not).
+        if any(size * x.element_size() % 16 for size in (x.shape[-1], weight.shape[1])):
+            return False
+        if torch.compiler.is_compiling():
+            return True
+        return x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0
+    return False
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """``x``: (rows, in) sorted by expert; ``weight``: (experts, out, in); ``offsets``: (experts,) cumulative ends."""
     if x.shape[0] == 0:
         return x.new_empty(0, weight.shape[1])
-    if _grouped_mm_supported(x, weight):
+    if grouped_mm_supported(x, weight):
         return torch._grouped_mm(x, weight.transpose(1, 2), offs=offsets.to(torch.int32))
     ends = offsets.tolist()
     outputs, start = [], 0
@@ -90,5 +116,5 @@ def expert_mlp_tokens_reference(x: torch.Tensor, gate_up: torch.Tensor, down: to
     return torch.cat(rows) if rows else x.new_zeros(0, down.shape[1])
 
 
-__all__ = ["grouped_linear", "ExpertLoRA", "grouped_linear_reference", "grouped_swiglu_reference",
+__all__ = ["grouped_linear", "grouped_mm_supported", "ExpertLoRA", "grouped_linear_reference", "grouped_swiglu_reference",
            "expert_mlp_tokens_reference"]

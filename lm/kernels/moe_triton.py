@@ -144,8 +144,20 @@ def _token_gemv(x_ptr, w_ptr, out_ptr, expert_ptr, num_experts, N, K, stride_x, 
     tl.store(out_ptr + token * stride_out + cols, acc.to(out_ptr.dtype.element_ty), mask=cols < N)
 
 
+def _gemv_block_n(tokens: int, N: int, device: torch.device, block_n: int = 64) -> int:
+    """Column tile for ``_token_gemv``: one program per (token, tile), so at batch 1 a 64-wide tile gives a
+    2048-wide projection 32 programs — a quarter of a 132-SM GPU. Halve it (down to 16) until every SM has
+    about two programs."""
+    if device.type != "cuda":
+        return block_n
+    programs_wanted = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    while block_n > 16 and tokens * triton.cdiv(N, block_n) < programs_wanted:
+        block_n //= 2
+    return block_n
+
+
 def expert_mlp_tokens(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, expert: torch.Tensor,
-                      block_n: int = 64, block_k: int = 64) -> torch.Tensor:
+                      block_n: int | None = None, block_k: int = 64) -> torch.Tensor:
     """``expert_mlp_tokens_reference``: two GEMV launches (gate_up + SwiGLU, then down), no sort."""
     x, expert = x.contiguous(), expert.to(torch.int32).contiguous()
     gate_up, down = gate_up.to(x.dtype).contiguous(), down.to(x.dtype).contiguous()
@@ -154,9 +166,10 @@ def expert_mlp_tokens(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor
     out = x.new_empty(tokens, down.shape[1])
     for inputs, weight, result, swiglu in ((x, gate_up, activated, True), (activated, down, out, False)):
         N, K = result.shape[1], inputs.shape[1]
-        _token_gemv[(tokens, triton.cdiv(N, block_n))](
+        tile = block_n or _gemv_block_n(tokens, N, x.device)
+        _token_gemv[(tokens, triton.cdiv(N, tile))](
             inputs, weight, result, expert, num_experts, N, K, inputs.stride(0), weight.stride(0), weight.stride(1),
-            result.stride(0), SWIGLU=swiglu, BLOCK_N=block_n, BLOCK_K=block_k)
+            result.stride(0), SWIGLU=swiglu, BLOCK_N=tile, BLOCK_K=block_k)
     return out
 
 
