@@ -30,12 +30,14 @@ def _describe(args: argparse.Namespace) -> int:
 
 def _ask(args: argparse.Namespace) -> int:
     from zaya_vl.inference import GenerationSettings, VLAssistant
+    from zaya_vl.prompts import docvqa_prompt
 
-    model = args.model or str(default_model_path())
+    model = args.model or str(bundled_model_path())
+    question = docvqa_prompt(args.question) if args.task == "docvqa" else args.question
     assistant = VLAssistant.from_pretrained(
         model, **device_kwargs(args),
         settings=GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature))
-    print(assistant.ask(args.image, args.question))
+    print(assistant.ask(args.image, question))
     return 0
 
 
@@ -78,11 +80,15 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_model_path():
-    """The tiny ZAYA1-VL bundled with the repository (examples/), trained on synthetic documents."""
-    from pathlib import Path
+def bundled_model_path() -> Path:
+    """The tiny ZAYA1-VL trained on synthetic documents that ships with the source repository."""
+    from zaya_vl.demo import DEFAULT_MODEL
 
-    return Path(__file__).resolve().parents[1] / "examples" / "tiny_docvqa" / "model"
+    if not (DEFAULT_MODEL / "config.json").is_file():
+        raise SystemExit(f"zaya-vl: the bundled tiny model is not at {DEFAULT_MODEL}: it ships with the source "
+                         "repository (examples/tiny_docvqa/model), not with an installed wheel. Pass --model PATH "
+                         "(a checkpoint folder or a hub id such as Zyphra/ZAYA1-VL-8B), or run from a checkout.")
+    return DEFAULT_MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the bundled tiny model)")
     ask.add_argument("--max-new-tokens", type=int, default=64)
     ask.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ask.add_argument("--task", choices=["docvqa"], default=None,
+                     help="ask as the task is evaluated: docvqa appends its prompt ('Answer the question using a "
+                          "single word or phrase.'), as the bundled model was trained")
     add_device_args(ask)
     ask.set_defaults(func=_ask)
 

@@ -285,6 +285,22 @@ _LM_FIELDS = tuple(name for name in ZayaLMConfig.__dataclass_fields__
                    if name not in _BEHAVIOUR_FIELDS and not name.startswith("_"))
 
 
+def port_behaviour_differences(config: "ZayaVLConfig") -> list[str]:
+    """The port's fixed behaviour (``setting=value``) wherever ``config`` is set otherwise."""
+    port = port_config_fields({"text_config": {}, "vision_config": {}})
+    text = port["text_config"]
+    wanted = {"image_attention": port["image_attention"],
+              **{name: text[name] for name in _BEHAVIOUR_FIELDS[:4]}}
+    actual = {"image_attention": config.image_attention,
+              **{name: getattr(config.text_config, name) for name in _BEHAVIOUR_FIELDS[:4]}}
+    # A setting matters only where the model has what it acts on.
+    if "hybrid_sliding" not in config.text_config.layer_types:
+        wanted.pop("sliding_window_masks_padding")
+    if not config.text_config.vision_lora_rank_attn:
+        wanted.pop("vision_lora_delayed_gate")
+    return [f"{name}={value!r}" for name, value in wanted.items() if actual[name] != value]
+
+
 def port_config_dict(config: "ZayaVLConfig") -> dict:
     """The ``config.json`` the upstream transformers port reads, for a model saved in its layout."""
     text = {name: getattr(config.text_config, name) for name in _LM_FIELDS
@@ -303,4 +319,5 @@ def port_config_dict(config: "ZayaVLConfig") -> dict:
     }
 
 
-__all__ = ["IMAGE_ATTENTION_MODES", "ReferenceZayaVLConfig", "ZayaVLConfig", "port_config_dict"]
+__all__ = ["IMAGE_ATTENTION_MODES", "ReferenceZayaVLConfig", "ZayaVLConfig", "port_behaviour_differences",
+           "port_config_dict"]

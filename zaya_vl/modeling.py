@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
+from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from zaya_vl.configuration import ReferenceZayaVLConfig, ZayaVLConfig, port_config_dict
+from zaya_vl.configuration import ReferenceZayaVLConfig, ZayaVLConfig, port_behaviour_differences, port_config_dict
 from zaya_vl.conversion import (NATIVE, TRANSFORMERS, ZYPHRA, LayoutKeyError, detect_layout, to_native,
                                 unmapped_keys)
 from zaya_vl.lm.cache import ZayaCache
@@ -41,6 +42,7 @@ class ZayaVLCausalLMOutputWithPast(ZayaCausalLMOutputWithPast):
     image_hidden_states: torch.FloatTensor | None = None
 
 
+logger = logging.get_logger(__name__)
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
@@ -204,6 +206,11 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
             raise ValueError(f"layout={layout!r}; expected 'native' or 'transformers' (the Zyphra layout is read-only).")
         from zaya_vl.checkpoint_writer import save_in_layout
 
+        differing = port_behaviour_differences(self.config)
+        if differing:
+            logger.warning(f"Saving in the transformers layout: the port computes {', '.join(differing)}; this model "
+                           "was set otherwise, so it will not compute the same there (ZayaVL.from_pretrained reads "
+                           "the folder with the port's settings too; pass the settings back as keyword arguments).")
         save_in_layout(self, save_directory, TRANSFORMERS, port_config_dict(self.config), **kwargs)
 
 

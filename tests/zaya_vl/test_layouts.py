@@ -183,3 +183,19 @@ def test_the_default_config_is_zaya1_vl_8b_with_the_ports_tower():
     config = ZayaVLConfig()  # vLLM's transformers builds one with no arguments to print it
     assert config.vision_config.out_hidden_size == config.text_config.hidden_size == 2048
     assert config.vision_config.hidden_size == 1280 and config.text_config.num_hidden_layers == 40
+
+
+def test_saving_for_the_port_names_the_settings_the_port_computes_otherwise(tiny_model, tmp_path, caplog):
+    from zaya_vl.testing import tiny_vl_config
+
+    model = randomize_(ZayaVL(tiny_vl_config(image_attention="bidirectional")), seed=3).eval()
+    with caplog.at_level(logging.WARNING):
+        model.save_pretrained(tmp_path / "port", layout="transformers")
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "image_attention='images'" in messages and "vision_lora_delayed_gate='previous_token'" in messages
+    assert "sliding_window_masks_padding" not in messages  # the model has no sliding layer
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        tiny_model.save_pretrained(tmp_path / "port2", layout="transformers")  # attends as the port does
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "image_attention" not in messages and "vision_lora_delayed_gate='previous_token'" in messages
