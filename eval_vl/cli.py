@@ -185,7 +185,7 @@ def _json_bytes(value, indent: int | None = None) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m zaya_vl.eval_vl.cli ...`) until zaya_vl/cli.py mounts these."""
+    """Standalone entry (`python -m zaya_vl.eval_vl.cli ...`) to the same eval and score commands `zaya-vl` mounts."""
     parser = argparse.ArgumentParser(prog="zaya-vl")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_eval_args(subparsers)

@@ -1,8 +1,8 @@
 """Building the model, its tokenizer / processor, optional PEFT LoRA, and the final ``save_pretrained``.
 
 The trainer uses only the public model API: ``from_pretrained`` / ``save_pretrained``, ``forward`` with
-``labels``, ``segment_ids`` and ``output_router_logits``, ``gradient_checkpointing_enable`` and the routers'
-``balancing_biases`` buffers.
+``labels``, ``segment_ids`` and ``output_router_logits``, ``activation_checkpointing_enable`` and the decoder's
+``routers()`` (their ``balancing_biases`` buffers).
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zaya_vl.lm.moe import RouterMLP, ZayaExperts, ZayaRouter
 from zaya_vl.training.config import ConfigError, LoraConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
 
 VL_MODEL_TYPES = ("zaya_vl", "zaya1_vl")
 LM_MODEL_TYPES = ("zaya",)
-# Linear layers whose weights the model reads directly (fused GEMMs, the fp32 router), so a PEFT wrapper
-# around them would never run: LoRA there would train nothing. The image-gated vision LoRA covers them.
-# The router reads its (fp32) weights directly, so a PEFT adapter there would never run. The CCA projections
-# are fine: CCAProjection runs wrapped projections as modules instead of its fused GEMM.
-_NOT_PEFT_ADAPTABLE_PARENTS = ("ZayaRouter", "RouterMLP")
+# The router reads the weights of its Linear layers directly (in fp32), so a PEFT adapter on them would never
+# run. The CCA projections do take adapters: CCAProjection runs wrapped projections as modules, not fused.
+_NOT_PEFT_ADAPTABLE_PARENTS = (ZayaRouter, RouterMLP)
 
 
 @dataclass
@@ -103,18 +102,13 @@ def build_model(config: ModelConfig, seed: int, tokenizer=None, processor=None) 
         raise ConfigError("model.tokenizer: the tokenizer has no pad token")
     if config.gradient_checkpointing:
         # Non-reentrant: frozen inputs (a frozen embedding) need no requires_grad hack, and any argument type passes.
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return ModelBundle(model, tokenizer, processor, kind == "vl")
 
 
 def _load_processor(path: str):
-    try:
-        from zaya_vl.processing import ZayaVLProcessor
-    except ImportError as error:  # the processor module is part of the VL model
-        raise ConfigError(f"VL training needs zaya_vl.processing.ZayaVLProcessor ({error})") from error
+    from zaya_vl.processing import ZayaVLProcessor
+
     return ZayaVLProcessor.from_pretrained(path)
 
 
@@ -128,7 +122,7 @@ def upcast_trainable_(model: nn.Module) -> None:
 # The only parameters PEFT's ``target_parameters`` may adapt: the fused 3-D expert weights, which ``ZayaExperts``
 # reads as module attributes inside its forward (so the ParamWrapper's parametrization is seen by every kernel
 # path). Any other parameter is either a Linear weight (use ``target_modules``) or one the model reads directly.
-_PEFT_PARAMETER_OWNERS = ("ZayaExperts",)
+_PEFT_PARAMETER_OWNERS = (ZayaExperts,)
 
 
 def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
@@ -143,7 +137,7 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         leaf = name.rsplit(".", 1)[-1]
         if leaf in config.target_modules and isinstance(module, nn.Linear):
             parent = modules[name.rsplit(".", 1)[0]] if "." in name else model
-            if type(parent).__name__ in _NOT_PEFT_ADAPTABLE_PARENTS:
+            if isinstance(parent, _NOT_PEFT_ADAPTABLE_PARENTS):
                 raise ConfigError(
                     f"lora.target_modules: {leaf!r} ({name}) cannot take a PEFT adapter: the model reads its "
                     "weight directly (the fp32 router), so the adapter would never run. Target the attention "
@@ -169,17 +163,17 @@ def _check_target_parameters(model: nn.Module, config: LoraConfig) -> None:
     if config.dropout:
         raise ConfigError(f"lora.dropout: must be 0 with lora.target_parameters (PEFT applies a parameter's LoRA "
                           f"as a weight delta, where dropout cannot act), got {config.dropout}")
-    owners = {name: type(module).__name__ for name, module in model.named_modules()}
+    owners = dict(model.named_modules())
     for target in config.target_parameters:
         matched = []
         for name, _ in model.named_parameters():
             if name == target or name.endswith("." + target):
-                owner = owners.get(name.rpartition(".")[0], type(model).__name__)
-                if owner not in _PEFT_PARAMETER_OWNERS:
+                owner = owners.get(name.rpartition(".")[0], model)
+                if not isinstance(owner, _PEFT_PARAMETER_OWNERS):
                     raise ConfigError(
-                        f"lora.target_parameters: {target!r} matches {name}, a parameter of {owner}; only the "
-                        "experts' 3-D weights (mlp.experts.gate_up_proj, mlp.experts.down_proj) are adapted by "
-                        "parameter. Use lora.target_modules for Linear layers")
+                        f"lora.target_parameters: {target!r} matches {name}, a parameter of "
+                        f"{type(owner).__name__}; only the experts' 3-D weights (mlp.experts.gate_up_proj, "
+                        "mlp.experts.down_proj) are adapted by parameter. Use lora.target_modules for Linear layers")
                 matched.append(name)
         if not matched:
             raise ConfigError(f"lora.target_parameters: {target!r} matches no parameter of the model (the expert "
