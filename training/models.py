@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +66,7 @@ def build_model(config: ModelConfig, seed: int, tokenizer=None, processor=None) 
     ``model.tokenizer`` (or ``model.path``)."""
     kind = model_kind(config)
     dtype = getattr(torch, config.dtype)
-    if kind == "vl":
-        from zaya_vl import ZayaVL as model_class
-        from zaya_vl import ZayaVLConfig as config_class
-    else:
-        from zaya_vl.lm import ZayaLM as model_class
-        from zaya_vl.lm import ZayaLMConfig as config_class
+    model_class, config_class = _model_classes(kind)
     kwargs = dict(config.overrides)
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
@@ -85,11 +82,9 @@ def build_model(config: ModelConfig, seed: int, tokenizer=None, processor=None) 
         if tokenizer_path is None:
             raise ConfigError("model.tokenizer: a new model (model.config) needs a tokenizer/processor folder")
         if kind == "vl":
-            processor = _load_processor(tokenizer_path)
+            processor = _load_preprocessor(tokenizer_path, kind)
         else:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+            tokenizer = _load_preprocessor(tokenizer_path, kind)
     if kind == "lm":
         processor = None  # a text-only LM trains on text only; image samples are invalid
     if processor is not None:
@@ -106,10 +101,40 @@ def build_model(config: ModelConfig, seed: int, tokenizer=None, processor=None) 
     return ModelBundle(model, tokenizer, processor, kind == "vl")
 
 
-def _load_processor(path: str):
-    from zaya_vl.processing import ZayaVLProcessor
+def _model_classes(kind: str) -> tuple[type, type]:
+    """``(model class, config class)`` of a ``"vl"`` or ``"lm"`` model."""
+    if kind == "vl":
+        from zaya_vl import ZayaVL, ZayaVLConfig
 
-    return ZayaVLProcessor.from_pretrained(path)
+        return ZayaVL, ZayaVLConfig
+    from zaya_vl.lm import ZayaLM, ZayaLMConfig
+
+    return ZayaLM, ZayaLMConfig
+
+
+def _load_preprocessor(path: str, kind: str):
+    """The processor (``"vl"``) or the tokenizer (``"lm"``) saved at ``path``."""
+    if kind == "vl":
+        from zaya_vl.processing import ZayaVLProcessor
+
+        return ZayaVLProcessor.from_pretrained(path)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+@contextmanager
+def _folder_replaced_atomically(out: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside ``out`` to write into; when the block succeeds it replaces ``out`` by a
+    rename, so ``out`` is either complete or absent (a failed block leaves the temporary folder, which the next
+    write clears)."""
+    temporary = out.with_name(f".tmp-{out.name}")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    yield temporary
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(temporary, out)
 
 
 def upcast_trainable_(model: nn.Module) -> None:
@@ -187,7 +212,6 @@ def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str 
     merged model and ``final/adapter/`` the adapter alone (``PeftModel.from_pretrained(base, final/adapter)``).
     ``full_state_dict``: the gathered weights of a model the trainer sharded itself (``train.fsdp``)."""
     out_dir = Path(out_dir)
-    temporary = out_dir.with_name(f".tmp-{out_dir.name}")
     unwrapped = accelerator.unwrap_model(model)
     if with_lora:
         state_dict = None
@@ -196,17 +220,13 @@ def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str 
     else:
         state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        if temporary.exists():
-            shutil.rmtree(temporary)
-        if with_lora:
-            # The adapter first: merging folds the LoRA matrices into the base weights and removes them.
-            save_adapter(unwrapped, temporary / ADAPTER_DIR)
-            unwrapped = unwrapped.merge_and_unload()
-        unwrapped.save_pretrained(temporary, state_dict=state_dict, safe_serialization=True)
-        (bundle.processor or bundle.tokenizer).save_pretrained(temporary)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(temporary, out_dir)
+        with _folder_replaced_atomically(out_dir) as temporary:
+            if with_lora:
+                # The adapter first: merging folds the LoRA matrices into the base weights and removes them.
+                save_adapter(unwrapped, temporary / ADAPTER_DIR)
+                unwrapped = unwrapped.merge_and_unload()
+            unwrapped.save_pretrained(temporary, state_dict=state_dict, safe_serialization=True)
+            (bundle.processor or bundle.tokenizer).save_pretrained(temporary)
     accelerator.wait_for_everyone()
     return out_dir
 
@@ -251,40 +271,24 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, dty
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
     kind = model_kind(ModelConfig(path=str(base)))
-    if kind == "vl":
-        from zaya_vl import ZayaVL as model_class
-    else:
-        from zaya_vl.lm import ZayaLM as model_class
+    model_class, _ = _model_classes(kind)
     model = model_class.from_pretrained(str(base), dtype=getattr(torch, dtype))
     try:
         merged = peft.PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as error:
         raise ConfigError(f"{adapter}: the adapter does not fit the base model {base}: {error}") from None
-    temporary = out.with_name(f".tmp-{out.name}")
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    merged.save_pretrained(temporary, safe_serialization=True)
-    preprocessor = _load_preprocessor(str(base), kind)
-    if preprocessor is not None:
-        preprocessor.save_pretrained(temporary)
-    else:
-        logger.warning("%s has no %s to copy; %s holds the weights only", base,
-                       "processor" if kind == "vl" else "tokenizer", out)
-    if out.exists():
-        shutil.rmtree(out)
-    os.rename(temporary, out)
+    with _folder_replaced_atomically(out) as temporary:
+        merged.save_pretrained(temporary, safe_serialization=True)
+        try:
+            preprocessor = _load_preprocessor(str(base), kind)
+        except (OSError, ValueError):
+            preprocessor = None
+        if preprocessor is not None:
+            preprocessor.save_pretrained(temporary)
+        else:
+            logger.warning("%s has no %s to copy; %s holds the weights only", base,
+                           "processor" if kind == "vl" else "tokenizer", out)
     return out
-
-
-def _load_preprocessor(path: str, kind: str):
-    try:
-        if kind == "vl":
-            return _load_processor(path)
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, ConfigError):
-        return None
 
 
 __all__ = ["ADAPTER_DIR", "ModelBundle", "add_lora", "build_model", "merge_adapter", "model_kind", "save_adapter",
