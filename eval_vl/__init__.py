@@ -1,4 +1,4 @@
-"""Evaluation of ZAYA1-VL on DocVQA, AI2D and MathVista (DESIGN §7).
+"""Evaluation of ZAYA1-VL on DocVQA, AI2D and MathVista, with lmms-eval's prompts and scores.
 
     from zaya_vl.eval_vl import score_prediction, run_eval, Request, TASKS
     score_prediction("docvqa", row, "$1,234")          # -> float in [0, 1]

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .metrics import ai2d_exact_match, ai2d_lenient_letter, option_letters
-from .task import ItemError, Task, require, with_images
+from zaya_vl.prompts import ai2d_prompt, option_letters
 
-AI2D_POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
+from .metrics import ai2d_exact_match, ai2d_lenient_letter
+from .task import ItemError, Task, require, with_images
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,7 @@ class AI2DTask(Task):
         return option_letters(len(options))[index]
 
     def prompt_text(self, item: dict) -> str:
-        options = item["options"]
-        lines = "\n".join(f"{letter}. {option}" for letter, option in zip(option_letters(len(options)), options))
-        return f"{item['question']}\n{lines}{AI2D_POST_PROMPT}"
+        return ai2d_prompt(item["question"], item["options"])
 
     def build_prompt(self, item: dict) -> str:
         return with_images(self.prompt_text(item), 1)

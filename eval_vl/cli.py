@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .records import write_atomic
+from zaya_vl.fileio import write_atomic
+
 from .registry import TASKS, parse_task_list
 from .report import render_markdown
 
@@ -185,7 +186,8 @@ def _json_bytes(value, indent: int | None = None) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m zaya_vl.eval_vl.cli ...`) to the same eval and score commands `zaya-vl` mounts."""
+    """``eval`` and ``score`` alone, for ``python -m zaya_vl.eval_vl`` (and ``accelerate launch -m``); ``zaya-vl``
+    mounts the same subcommands next to its others."""
     parser = argparse.ArgumentParser(prog="zaya-vl")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_eval_args(subparsers)

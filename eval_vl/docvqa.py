@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .metrics import anls
-from .task import Task, require, with_images
+from zaya_vl.prompts import docvqa_prompt
 
-DOCVQA_POST_PROMPT = "\nAnswer the question using a single word or phrase."
+from .task import Task, require, with_images
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class DocVQATask(Task):
     required_fields: ClassVar[tuple[str, ...]] = ("question", "answers")
 
     def prompt_text(self, item: dict) -> str:
-        return f"{item['question']}{DOCVQA_POST_PROMPT}"
+        return docvqa_prompt(item['question'])
 
     def build_prompt(self, item: dict) -> str:
         return with_images(self.prompt_text(item), 1)

@@ -5,7 +5,7 @@ lmms-eval finds this class through the ``lmms_eval.models`` entry point declared
 ``zaya_vl.inference.VLAssistant`` (the same path as ``zaya-vl eval``), greedy unless the task asks otherwise;
 generation stops at the task's ``until`` strings, as lmms-eval's own adapters do.
 
-Only generation is implemented (the tasks in DESIGN §7 need nothing else); loglikelihood requests raise.
+Only generation is implemented (DocVQA, AI2D and MathVista need nothing else); loglikelihood requests raise.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """MathVista (testmini): math over images, accuracy with deterministic answer extraction.
 
 Prompt styles (`prompt_style`):
-- "query" (our default, DESIGN §7): the dataset's own `query` column -- the official MathVista
-  prompt ("Hint: ... at the end.\\nQuestion: ...\\nChoices:\\n(A) ...").
+- "query" (our default, as MathVista's own evaluation asks): the dataset's own `query` column -- the official
+  MathVista prompt ("Hint: ... at the end.\\nQuestion: ...\\nChoices:\\n(A) ...").
 - "format-prompt": lmms-eval's `mathvista_testmini_format` task (shot 0, no caption/OCR):
   `mathvista_evals.py` `create_one_query` joins [question (+ " (Unit: u)"), "A. c1\\nB. c2...",
   hint] with "\\n", skipping empty parts, then strips. Hints: multi_choice "Answer with the
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from PIL import Image
+
+from zaya_vl.prompts import option_lines
 
 from .mathvista_answer import decimals_of, mathvista_is_correct
 from .task import ItemError, Task, decode_image, is_missing, require, with_images
@@ -94,7 +96,7 @@ class MathVistaTask(Task):
         if item.get("unit"):
             question += f" (Unit: {item['unit']})"
         choices = item.get("choices") or []
-        choices_text = "\n".join(f"{chr(ord('A') + i)}. {choice}" for i, choice in enumerate(choices))
+        choices_text = option_lines(choices)
         hint = format_prompt_hint(item["question_type"], item["answer_type"], decimal_places(item))
         return "\n".join(part for part in (question, choices_text, hint) if part != "").strip()
 

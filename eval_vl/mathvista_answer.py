@@ -34,6 +34,8 @@ import math
 import re
 import string
 
+from zaya_vl.prompts import option_letters
+
 # A runaway generation can be megabytes long; reading all of it would cost time (and, done naively, memory)
 # for nothing: the answer is given at the end, an option letter at the start. Longer replies are read as
 # their first REPLY_HEAD and last REPLY_TAIL characters. Every step below is linear in what it reads.
@@ -169,7 +171,7 @@ def _mentioned_choice(text: str, choices: list[str]) -> str | None:
 
 
 def _choice_from(text: str, choices: list[str]) -> str | None:
-    letters = [chr(ord("A") + i) for i in range(len(choices))]
+    letters = option_letters(len(choices))
     keys = [_text_key(choice) for choice in choices]
     if _text_key(text) in keys:
         return choices[keys.index(_text_key(text))]
@@ -190,7 +192,7 @@ def extract_choice(reply: str, choices: list[str]) -> str | None:
         picked = _choice_from(_OPTION_WORD.sub("", text), choices)
         if picked is not None:
             return picked
-    letters = [chr(ord("A") + i) for i in range(len(choices))]
+    letters = option_letters(len(choices))
     # lmms-eval's normalisation reads "(X)"; we accept it only when the reply names one letter.
     parenthesised = {letter.upper() for letter in _PAREN_LETTER.findall(reply)} & set(letters)
     if len(parenthesised) == 1:

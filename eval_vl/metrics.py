@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import string
 
+from zaya_vl.prompts import option_letters
+
 
 def levenshtein_distance(a: str, b: str) -> int:
     """Plain edit distance (insert, delete, substitute all cost 1); two-row DP."""
@@ -59,10 +61,6 @@ def anls(prediction: str | None, answers: list[str], threshold: float = 0.5) -> 
 # lmms-eval ai2d/utils.py MultiChoiceRegexFilter: a capital letter then a dot at the very start.
 _LMMS_LETTER_AT_START = re.compile(r"^\s*([A-Z])\.")
 _PUNCTUATION_TABLE = str.maketrans("", "", string.punctuation)
-
-
-def option_letters(n_options: int) -> list[str]:
-    return [chr(ord("A") + i) for i in range(n_options)]
 
 
 def ai2d_exact_normalise(reply: str | None) -> str:

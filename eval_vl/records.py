@@ -1,4 +1,5 @@
-"""The per-item predictions file (JSONL, appended and fsynced) and atomic writes of final files.
+"""The per-item predictions file (JSONL, appended and fsynced); final files are written with
+``zaya_vl.fileio.write_atomic``.
 
 One line per finished item: {"id", "prediction", "score", "extra_scores", "breakdown", "error"}.
 A crash can leave at most a partial last line; resuming cuts it off and redoes that item.
@@ -11,9 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from zaya_vl.fileio import write_atomic
-
-__all__ = ["RecordWriter", "item_record", "read_records", "write_atomic"]
+__all__ = ["RecordWriter", "item_record", "read_records"]
 
 
 def item_record(

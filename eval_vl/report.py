@@ -12,7 +12,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from .records import write_atomic
+from zaya_vl.fileio import write_atomic
+
 from .task import Task
 
 MAX_LISTED_ERRORS = 20

@@ -32,9 +32,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import TaskData, load_task_data
-from zaya_vl.fileio import OutputLock, OutputLockedError
+from zaya_vl.fileio import OutputLock, OutputLockedError, write_atomic
 
-from .records import RecordWriter, item_record, read_records, write_atomic
+from .records import RecordWriter, item_record, read_records
 from .registry import get_task
 from .report import summarize_task, write_results
 from .task import ItemError, Task

@@ -3,7 +3,7 @@
 Field names and defaults follow upstream `transformers.ZayaConfig` (model_type ``zaya``), so a
 ``config.json`` written by upstream loads here unchanged and ours loads upstream. The defaults are the
 released ZAYA1-8B. The fields after ``cca_time1`` are ours: they decide, explicitly, the points where
-Zyphra's reference code and upstream disagree (DESIGN §2), and size the vision LoRA adapters.
+Zyphra's reference code, the upstream port and upstream `zaya` disagree, and size the vision LoRA adapters.
 """
 
 from __future__ import annotations

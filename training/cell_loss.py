@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from zaya_vl.lm.loss import IGNORE_INDEX
 
 
 def count_cells(cell_labels: torch.Tensor | None) -> int:

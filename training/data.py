@@ -38,11 +38,11 @@ from typing import Any, Sequence
 
 import torch
 
+from zaya_vl.lm.loss import IGNORE_INDEX
 from zaya_vl.tokenization import IMAGE_PLACEHOLDER, IMAGE_TOKEN, VISION_END_TOKEN, VISION_START_TOKEN
 from zaya_vl.training.config import DataConfig
 from zaya_vl.training.conversation import read_conversation, text_reserved
 
-IGNORE_INDEX = -100
 TEXT_IMAGE_MARKER = IMAGE_PLACEHOLDER  # "<image>" in a row's text: where the row's next image goes
 
 

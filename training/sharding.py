@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zaya_vl.lm.loss import IGNORE_INDEX
+
 SHARDED_STATE = "sharded"  # folder of a checkpoint with the torch.distributed.checkpoint files
 
 
@@ -123,9 +125,9 @@ def add_placeholder_image(batch: dict[str, torch.Tensor], config, pad_token_id: 
     out["input_ids"] = column("input_ids", pad_token_id)
     out["input_ids"][0, -1] = config.image_token_id
     out["attention_mask"] = column("attention_mask", 0)
-    out["labels"] = column("labels", -100)
+    out["labels"] = column("labels", IGNORE_INDEX)
     if "cell_labels" in batch:
-        out["cell_labels"] = column("cell_labels", -100)
+        out["cell_labels"] = column("cell_labels", IGNORE_INDEX)
     if "segment_ids" in batch:
         out["segment_ids"] = torch.cat([batch["segment_ids"], batch["segment_ids"][:, -1:] + 1], dim=1)
     out["pixel_values"] = torch.zeros(merge * merge, patch_dim)

@@ -60,6 +60,8 @@ class ZayaVLConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         if not isinstance(self.text_config, ZayaLMConfig):
             self.text_config = ZayaLMConfig(**dict(self.text_config or {}))
+        if self.vision_config is None:  # ZAYA1-VL-8B's tower, as the upstream port defines it
+            self.vision_config = {**_PORT_VISION_DEFAULTS, "out_hidden_size": self.text_config.hidden_size}
         self.vision_config = _vision_config(self.vision_config)
         # The LM's hidden states receive the merger's output, and the head's tie follows the LM.
         self.tie_word_embeddings = self.text_config.tie_word_embeddings

@@ -37,7 +37,7 @@ PIXELS = IMAGE_SIZE * IMAGE_SIZE  # min = max: every page becomes exactly 12 x 1
 
 
 def step_data() -> None:
-    from zaya_vl.data.formats import DOCVQA_PROMPT_SUFFIX
+    from zaya_vl.prompts import docvqa_prompt
     from zaya_vl.data.synthetic import generate_dataset
 
     data = WORK / "data"
@@ -56,7 +56,7 @@ def step_data() -> None:
         if text:
             reads.append(_page_row(doc, "read", READ_PROMPT, text))
         if doc["kind"] == "chart":
-            steps += [_page_row(doc, name, prompt + DOCVQA_PROMPT_SUFFIX, answer)
+            steps += [_page_row(doc, name, docvqa_prompt(prompt), answer)
                       for name, prompt, answer in chart_steps(doc["content"], rng)]
     mix = easy + reads + steps
     random.Random(SEED).shuffle(mix)

@@ -13,7 +13,7 @@ import argparse
 import collections
 
 from zaya_vl.data.documents import make_document, render_document
-from zaya_vl.data.formats import DOCVQA_PROMPT_SUFFIX
+from zaya_vl.prompts import docvqa_prompt
 from zaya_vl.inference import VLAssistant
 
 PROBE_SEED = 1234  # not the build's seed 0: these charts are in no split
@@ -46,7 +46,7 @@ def main(argv=None) -> dict[str, float]:
     for start in range(0, len(items), args.batch_size):
         chunk = items[start:start + args.batch_size]
         replies += assistant.generate([[image] for image, *_ in chunk],
-                                      [question + DOCVQA_PROMPT_SUFFIX for _, _, question, _ in chunk], 8)
+                                      [docvqa_prompt(question) for _, _, question, _ in chunk], 8)
     correct = collections.defaultdict(list)
     for (_, kind, _, gold), reply in zip(items, replies):
         correct[kind].append(reply.strip().lower() == gold.lower())

@@ -4,20 +4,16 @@ Input: raw q|k rows (batch, seq, channels) from the fused projection, the previo
 (``history``, the decode conv state), and the folded conv (``CCAProjection.folded_conv``: the depthwise and
 grouped convs as one grouped kernel (groups, out, in, window + 1) plus bias). Output, per row: conv + bias + the
 residual means (query head: (q + its key head) / 2; key head: the mean of that over its query heads) — the
-``query | key`` that ``CCAProjection.forward`` returns, flattened. Optionally also ``QKNorm``'s L2 norm to
-√head_dim and key temperature, and the conv state shifted in place.
+``query | key`` that ``CCAProjection.forward`` returns, flattened. Optionally the conv state is shifted in place.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 
 def cca_conv_reference(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
-                       num_heads: int, num_kv_heads: int, *, temperature: torch.Tensor | None = None,
-                       update_state: bool = False) -> torch.Tensor:
+                       num_heads: int, num_kv_heads: int, *, update_state: bool = False) -> torch.Tensor:
     batch, seq, channels = qk.shape
     groups, head_dim, _, taps = kernel.shape  # one conv group per head
     padded = torch.cat([history.to(qk.dtype), qk], dim=1)
@@ -32,12 +28,6 @@ def cca_conv_reference(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Te
     key_residual = query_residual.mean(dim=3)
     out = mixed + torch.cat([query_residual.reshape(batch, seq, -1), key_residual.reshape(batch, seq, -1)], dim=-1)
 
-    if temperature is not None:  # QKNorm
-        heads = out.view(batch, seq, groups, head_dim)
-        eps = torch.finfo(out.dtype).eps
-        heads = heads * (math.sqrt(head_dim) / heads.norm(dim=-1, keepdim=True).clamp_min(eps))
-        gain = torch.cat([temperature.new_ones(num_heads), temperature]).to(out.dtype)
-        out = (heads * gain[:, None]).reshape(batch, seq, channels)
     if update_state:
         history.copy_(padded[:, seq:])
     return out

@@ -2,15 +2,12 @@
 
 One program per (sequence, token tile, conv group). A conv group is one head, so everything after the conv
 is local to the program: the folded causal conv over ``window + 1`` taps (one ``dot`` per tap, rows before the
-chunk read from the conv state), bias, the residual means of the raw q/k, and optionally QKNorm's L2 norm
-and key temperature. In decode (``UPDATE_STATE``, all new tokens in one tile) the program also shifts its own
-channels of the conv state in place, so a decode step makes no copies. Prefill and decode are the same kernel,
-specialised by the constexpr flags.
+chunk read from the conv state), bias, and the residual means of the raw q/k. In decode (``UPDATE_STATE``, all
+new tokens in one tile) the program also shifts its own channels of the conv state in place, so a decode step
+makes no copies. Prefill and decode are the same kernel, specialised by the constexpr flags.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import triton
@@ -29,11 +26,11 @@ def _padded_rows(qk_ptr, state_ptr, src, row_ok, chans, chan_ok, window, stride_
 
 
 @triton.jit
-def _cca_conv(qk_ptr, state_ptr, kernel_ptr, bias_ptr, temp_ptr, out_ptr,
-              seq, window, head_dim, num_heads, kv_groups, query_width, scale, eps,
+def _cca_conv(qk_ptr, state_ptr, kernel_ptr, bias_ptr, out_ptr,
+              seq, window, head_dim, num_heads, kv_groups, query_width,
               stride_qb, stride_qs, stride_hb, stride_hw, stride_hc,
               stride_kg, stride_ko, stride_ki, stride_kt, stride_ob, stride_os,
-              NORMALIZE: tl.constexpr, UPDATE_STATE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+              UPDATE_STATE: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
               BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr):
     batch, group = tl.program_id(0), tl.program_id(2)
     qk_ptr += batch.to(tl.int64) * stride_qb
@@ -69,10 +66,6 @@ def _cca_conv(qk_ptr, state_ptr, kernel_ptr, bias_ptr, temp_ptr, out_ptr,
     key = tl.load(rows + query_width + kv_head * head_dim, mask=row_mask, other=0.0).to(tl.float32)
     acc += 0.5 * (query_sum / num_queries + key)
 
-    if NORMALIZE:  # QKNorm: L2 norm to √head_dim; keys also × their temperature
-        norm = tl.sqrt(tl.sum(acc * acc, axis=1))
-        gain = tl.where(is_query, 1.0, tl.load(temp_ptr + kv_head).to(tl.float32))
-        acc = acc * (gain * scale / tl.maximum(norm, eps))[:, None]
     out = out_ptr + batch.to(tl.int64) * stride_ob + tokens[:, None] * stride_os + chans[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_mask)
 
@@ -86,8 +79,8 @@ def _cca_conv(qk_ptr, state_ptr, kernel_ptr, bias_ptr, temp_ptr, out_ptr,
 
 
 def cca_conv(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
-             num_heads: int, num_kv_heads: int, *, temperature: torch.Tensor | None = None,
-             update_state: bool = False, block_s: int | None = None) -> torch.Tensor:
+             num_heads: int, num_kv_heads: int, *, update_state: bool = False,
+             block_s: int | None = None) -> torch.Tensor:
     """``cca_conv_reference`` in one kernel. ``update_state`` needs every new token in one tile (decode)."""
     batch, seq, channels = qk.shape
     groups, head_dim, _, taps = kernel.shape
@@ -100,14 +93,12 @@ def cca_conv(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Tensor, bias
         raise ValueError(f"update_state needs all {seq} tokens in one tile (block_s={block_s})")
     if seq == 0:
         return out
-    temp = temperature if temperature is not None else bias  # a placeholder pointer when not normalising
     grid = (batch, triton.cdiv(seq, block_s), groups)
-    _cca_conv[grid](qk, history, kernel, bias, temp, out,
+    _cca_conv[grid](qk, history, kernel, bias, out,
                     seq, window, head_dim, num_heads, num_heads // num_kv_heads, num_heads * head_dim,
-                    math.sqrt(head_dim), torch.finfo(qk.dtype).eps,
                     qk.stride(0), qk.stride(1), history.stride(0), history.stride(1), history.stride(2),
                     *kernel.stride(), out.stride(0), out.stride(1),
-                    NORMALIZE=temperature is not None, UPDATE_STATE=update_state, DOT_FP32=qk.device.type == "cpu",
+                    UPDATE_STATE=update_state, DOT_FP32=qk.device.type == "cpu",
                     PRECISION="ieee" if qk.dtype == torch.float32 else "tf32",
                     BLOCK_S=block_s, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
                     BLOCK_W=max(16, triton.next_power_of_2(window)))

@@ -111,14 +111,11 @@ def cca_decode_conv(qk: torch.Tensor, state: torch.Tensor, kernel: torch.Tensor,
 
 
 def cca_prefill_conv(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
-                     num_heads: int, num_kv_heads: int, temperature: torch.Tensor | None = None) -> torch.Tensor:
-    """CCA conv + bias + residual means over a chunk (``history``: the rows before it, not updated).
-
-    With ``temperature`` (``QKNorm.temp``) the result is also QKNorm'ed, fused in the same kernel."""
-    if _use_triton(qk, kernel, bias, temperature):
-        return _triton_modules()[1].cca_conv(qk, history, kernel, bias, num_heads, num_kv_heads,
-                                             temperature=temperature)
-    return cca_conv_reference(qk, history, kernel, bias, num_heads, num_kv_heads, temperature=temperature)
+                     num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """CCA conv + bias + residual means over a chunk (``history``: the rows before it, not updated)."""
+    if _use_triton(qk, kernel, bias):
+        return _triton_modules()[1].cca_conv(qk, history, kernel, bias, num_heads, num_kv_heads)
+    return cca_conv_reference(qk, history, kernel, bias, num_heads, num_kv_heads)
 
 
 __all__ = ["DECODE_MAX_TOKENS", "ExpertLoRA", "kernel_backend", "grouped_linear", "grouped_swiglu",

@@ -12,10 +12,11 @@ from PIL import Image
 
 from zaya_vl.data import charts, diagrams, forms, receipts
 from zaya_vl.data.documents import KINDS, make_document, plan_split, render_document
-from zaya_vl.data.formats import (AI2D_PROMPT_SUFFIX, DOCVQA_PROMPT_SUFFIX, atomic_write_bytes,
-                                  validate_ai2d_row, validate_chat_row, validate_docvqa_row)
+from zaya_vl.data.formats import validate_ai2d_row, validate_chat_row, validate_docvqa_row
 from zaya_vl.data.render import Font, get_font
 from zaya_vl.data.synthetic import generate_dataset, iter_text, main, render_example
+from zaya_vl.fileio import write_atomic
+from zaya_vl.prompts import AI2D_POST_PROMPT, DOCVQA_POST_PROMPT
 
 SEED = 7
 N_TRAIN, N_TEST = 16, 16  # two documents per (tier, kind) in each split
@@ -101,7 +102,7 @@ def test_receipt_answers_match_the_receipt(qa_pairs):
         if doc["kind"] != "receipt":
             continue
         content = doc["content"]
-        question = prompt.removesuffix(DOCVQA_PROMPT_SUFFIX)
+        question = prompt.removesuffix(DOCVQA_POST_PROMPT)
         prices = {item["name"]: item["cents"] for item in content["items"]}
         if question == "What is the total?":
             cents = sum(prices.values())
@@ -125,7 +126,7 @@ def test_chart_answers_match_the_chart(qa_pairs):
             continue
         values = dict(zip(doc["content"]["labels"], doc["content"]["values"]))
         assert len(set(values.values())) == len(values) and all(v % 10 == 0 and 10 <= v <= 90 for v in values.values())
-        question = prompt.removesuffix(DOCVQA_PROMPT_SUFFIX)
+        question = prompt.removesuffix(DOCVQA_POST_PROMPT)
         if "highest" in question:
             assert values[answer] == max(values.values())
         elif "lowest" in question:
@@ -142,7 +143,7 @@ def test_form_answers_match_the_form(qa_pairs):
     for doc, prompt, answer in qa_pairs:
         if doc["kind"] == "form":
             fields = {forms.FIELD_QUESTIONS[label]: value for label, value in doc["content"]["fields"]}
-            asked = re.fullmatch(r"What is the (.+)\?", prompt.removesuffix(DOCVQA_PROMPT_SUFFIX)).group(1)
+            asked = re.fullmatch(r"What is the (.+)\?", prompt.removesuffix(DOCVQA_POST_PROMPT)).group(1)
             assert answer == fields[asked]
             checked += 1
     assert checked >= 3 * 8
@@ -153,7 +154,7 @@ def test_diagram_answers_match_the_diagram(dataset, qa_pairs):
     for doc, prompt, letter in qa_pairs:
         if doc["kind"] != "diagram":
             continue
-        question, *option_lines = prompt.removesuffix(AI2D_PROMPT_SUFFIX).split("\n")
+        question, *option_lines = prompt.removesuffix(AI2D_POST_PROMPT).split("\n")
         options = [re.fullmatch(r"[A-D]\. (\w+)", line).group(1) for line in option_lines]
         assert len(options) == 4 and len(set(options)) == 4
         chosen = options["ABCD".index(letter)]
@@ -351,7 +352,7 @@ def test_iter_text_covers_prompts_answers_and_printed_strings(dataset, documents
     assert len(corpus) == 2 * n_rows + sum(len(d["text"]) for d in documents.values())
     text = "\n".join(corpus)
     receipt = next(d for d in documents.values() if d["kind"] == "receipt")
-    assert receipt["content"]["vendor"] in text and "TOTAL" in corpus and DOCVQA_PROMPT_SUFFIX in text
+    assert receipt["content"]["vendor"] in text and "TOTAL" in corpus and DOCVQA_POST_PROMPT in text
     assert len(list(iter_text(dataset, splits=("train",)))) < len(corpus)
 
 
@@ -390,14 +391,14 @@ def test_render_example_writes_one_page_per_kind(tmp_path):
 
 def test_atomic_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "train.jsonl"
-    atomic_write_bytes(target, b"old\n")
+    write_atomic(target, b"old\n")
 
     def killed(*args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        atomic_write_bytes(target, b"new\n" * 1000)
+        write_atomic(target, b"new\n" * 1000)
     assert target.read_bytes() == b"old\n" and [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]
 
 

@@ -12,7 +12,7 @@ import torch
 
 from zaya_vl import ZayaVL, ZayaVLProcessor
 from zaya_vl.data.documents import make_document, plan_split
-from zaya_vl.data.formats import DOCVQA_PROMPT_SUFFIX
+from zaya_vl.prompts import DOCVQA_POST_PROMPT
 from zaya_vl.eval_vl.metrics import anls
 from zaya_vl.inference import VLAssistant
 
@@ -67,7 +67,7 @@ def _easy_scores(kinds: set[str], at_least: int) -> dict[str, float]:
     assert len(rows) >= at_least
     assistant = VLAssistant.from_pretrained(str(BUNDLE / "model"), batch_size=16)
     replies = assistant.generate([[BUNDLE / "eval" / row["image"]] for row in rows],
-                                 [row["question"] + DOCVQA_PROMPT_SUFFIX for row in rows], max_new_tokens=24)
+                                 [row["question"] + DOCVQA_POST_PROMPT for row in rows], max_new_tokens=24)
     pairs = list(zip(replies, rows))
     return {"anls": sum(anls(reply, row["answers"]) for reply, row in pairs) / len(rows),
             "accuracy": sum(reply.strip() in row["answers"] for reply, row in pairs) / len(rows)}
@@ -90,7 +90,7 @@ def test_it_reads_easy_charts(easy_chart_accuracy):
     assert easy_chart_accuracy >= 0.45
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8's chart bar (accuracy 0.6) is not met: highest/lowest are read, "
+@pytest.mark.xfail(strict=True, reason="the chart bar (accuracy 0.6) is not met: highest/lowest are read, "
                    "values mostly not (see README); strict, so this turns red when it is met")
 def test_it_meets_the_issue_bar_on_easy_charts(easy_chart_accuracy):
     assert easy_chart_accuracy >= 0.6

@@ -175,3 +175,11 @@ def test_a_generated_image_token_gets_no_vision_lora(tiny_model):
             tiny_model(**prompt, cache=cache, use_cache=True)
             steps.append(model(input_ids=torch.tensor([[image_token]]), cache=cache, use_cache=True).logits)
     torch.testing.assert_close(steps[0], steps[1], rtol=0, atol=0)
+
+
+def test_the_default_config_is_zaya1_vl_8b_with_the_ports_tower():
+    from zaya_vl import ZayaVLConfig
+
+    config = ZayaVLConfig()  # vLLM's transformers builds one with no arguments to print it
+    assert config.vision_config.out_hidden_size == config.text_config.hidden_size == 2048
+    assert config.vision_config.hidden_size == 1280 and config.text_config.num_hidden_layers == 40

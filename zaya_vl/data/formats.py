@@ -1,25 +1,19 @@
-"""Row formats written by the generator (chat rows for training, DocVQA / AI2D rows for eval) and
-atomic file writes.
+"""Row formats written by the generator: chat rows for training, DocVQA / AI2D rows for eval.
 
-Training prompts use exactly the text the eval tasks send (DESIGN §7: lmms-eval's DocVQA suffix, and
-AI2D's question + `A. option` lines + suffix) so a tiny model is trained on the prompts it is tested on.
+Training prompts are the eval tasks' own (`zaya_vl.prompts`: lmms-eval's DocVQA suffix, and AI2D's question +
+`A. option` lines + suffix) so a tiny model is trained on the prompts it is tested on.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 from PIL import Image
 
-from zaya_vl.fileio import write_atomic
-
-DOCVQA_PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
-AI2D_PROMPT_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+from zaya_vl.prompts import ai2d_prompt, docvqa_prompt, option_letters
 
 CHAT_KEYS = ("id", "doc_id", "kind", "tier", "messages")
 DOCVQA_KEYS = ("questionId", "question", "question_types", "image", "docId",
@@ -51,16 +45,11 @@ class QA:
     def prompt(self) -> str:
         if self.is_multiple_choice:
             return ai2d_prompt(self.question, self.options)
-        return self.question + DOCVQA_PROMPT_SUFFIX
+        return docvqa_prompt(self.question)
 
     @property
     def target(self) -> str:
-        return chr(ord("A") + self.answer_index) if self.is_multiple_choice else self.answers[0]
-
-
-def ai2d_prompt(question: str, options: Iterable[str]) -> str:
-    lines = [f"{chr(ord('A') + i)}. {option}" for i, option in enumerate(options)]
-    return "\n".join([question, *lines]) + AI2D_PROMPT_SUFFIX
+        return option_letters(len(self.options))[self.answer_index] if self.is_multiple_choice else self.answers[0]
 
 
 def chat_row(row_id: str, doc_id: str, kind: str, tier: str, image: str, qa: QA,
@@ -132,12 +121,6 @@ def validate_ai2d_row(row: dict) -> None:
     _check(isinstance(options, list) and len(options) == 4 and all(isinstance(o, str) for o in options),
            row, "options must be 4 str")
     _check(row["answer"] in {"0", "1", "2", "3"}, row, "answer must be the 0-based option index as str")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace, so a killed run never leaves a partial
-    file under the final name."""
-    write_atomic(path, data)
 
 
 def jsonl_bytes(rows: Iterable[dict]) -> bytes:

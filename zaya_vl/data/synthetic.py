@@ -23,8 +23,10 @@ from typing import Iterator, Sequence
 import PIL
 from tqdm import tqdm
 
+from zaya_vl.fileio import write_atomic
+
 from .documents import KINDS, TIERS, Document, make_document, plan_split, render_document, render_page
-from .formats import atomic_write_bytes, ai2d_row, chat_row, docvqa_row, jsonl_bytes, png_bytes
+from .formats import ai2d_row, chat_row, docvqa_row, jsonl_bytes, png_bytes
 from .render import FONT_NAME, Box
 
 GENERATOR_VERSION = "2"  # 2: easy-tier charts are horizontal bars on the token grid
@@ -86,7 +88,7 @@ def generate_dataset(out_dir: str | Path, n_train_docs: int, n_test_docs: int, s
     cells: dict[str, list[str] | None] = {}
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
         for doc, (png, doc_boxes, doc_cells) in zip(docs, pool.map(_render_png, jobs, chunksize=16)):
-            atomic_write_bytes(out / doc.image, png)
+            write_atomic(out / doc.image, png)
             boxes[doc.doc_id], cells[doc.doc_id] = doc_boxes, doc_cells
             bar.update()
     bar.close()
@@ -95,7 +97,7 @@ def generate_dataset(out_dir: str | Path, n_train_docs: int, n_test_docs: int, s
     for split, split_docs in splits.items():
         rows = [chat_row(f"{d.doc_id}-q{k}", d.doc_id, d.kind, d.tier, d.image, qa, cells[d.doc_id])
                 for d in split_docs for k, qa in enumerate(d.questions)]
-        atomic_write_bytes(out / f"{split}.jsonl", jsonl_bytes(rows))
+        write_atomic(out / f"{split}.jsonl", jsonl_bytes(rows))
     for d in splits["test"]:
         for k, qa in enumerate(d.questions):
             image = "../" + d.image  # eval/*.jsonl sit one folder below the images
@@ -103,9 +105,9 @@ def generate_dataset(out_dir: str | Path, n_train_docs: int, n_test_docs: int, s
                 ai2d.append(ai2d_row(f"{d.doc_id}-q{k}", image, qa))
             else:
                 docvqa.append(docvqa_row(f"{d.doc_id}-q{k}", d.doc_id, d.index, d.kind, d.tier, image, qa))
-    atomic_write_bytes(out / "eval" / "docvqa.jsonl", jsonl_bytes(docvqa))
-    atomic_write_bytes(out / "eval" / "ai2d.jsonl", jsonl_bytes(ai2d))
-    atomic_write_bytes(out / "documents.jsonl", jsonl_bytes(_document_row(d, boxes[d.doc_id], cells[d.doc_id])
+    write_atomic(out / "eval" / "docvqa.jsonl", jsonl_bytes(docvqa))
+    write_atomic(out / "eval" / "ai2d.jsonl", jsonl_bytes(ai2d))
+    write_atomic(out / "documents.jsonl", jsonl_bytes(_document_row(d, boxes[d.doc_id], cells[d.doc_id])
                                                                  for d in docs))
 
     manifest = {
@@ -116,7 +118,7 @@ def generate_dataset(out_dir: str | Path, n_train_docs: int, n_test_docs: int, s
         "files": {"train": "train.jsonl", "test": "test.jsonl", "docvqa": "eval/docvqa.jsonl",
                   "ai2d": "eval/ai2d.jsonl", "documents": "documents.jsonl", "images": "images/"},
     }
-    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    write_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
 
@@ -159,7 +161,7 @@ def render_example(kind: str, path: str | Path, seed: int = 0, tier: str = "easy
     """Render one document of `kind` to `path` (PNG); its questions are on `.document.questions`."""
     doc = make_document(seed, "example", 0, kind, tier)
     image, boxes = render_document(doc, _image_size(image_size))
-    atomic_write_bytes(path, png_bytes(image))
+    write_atomic(path, png_bytes(image))
     return Example(doc, boxes)
 
 

@@ -1,11 +1,11 @@
-"""The CCA Triton kernel (cca_triton.py) against ``CCAProjection`` + ``QKNorm`` themselves (torch path), for
+"""The CCA Triton kernel (cca_triton.py) against ``CCAProjection`` itself (torch path), for
 prefill, chunked prefill and decode with the in-place state update; and the torch reference against them."""
 
 import pytest
 import torch
 
 from zaya_vl.lm.cache import ZayaCache
-from zaya_vl.lm.cca import CCAProjection, QKNorm
+from zaya_vl.lm.cca import CCAProjection
 from zaya_vl.lm.kernels.cca_reference import cca_conv_reference
 from zaya_vl.lm.modeling import ForwardContext
 from zaya_vl.testing import randomize_, tiny_lm_config
@@ -19,9 +19,9 @@ CONFIGS = {
 
 def _layer(name, dtype, device, seed=0):
     config = tiny_lm_config(**CONFIGS[name])
-    module = torch.nn.ModuleDict({"proj": CCAProjection(config, layer_idx=0), "norm": QKNorm(config)})
-    randomize_(module, seed=seed, std=0.3)
-    return config, module["proj"].to(device=device, dtype=dtype), module["norm"].to(device=device, dtype=dtype)
+    proj = CCAProjection(config, layer_idx=0)
+    randomize_(proj, seed=seed, std=0.3)
+    return config, proj.to(device=device, dtype=dtype)
 
 
 def _torch_step(proj, x, cache):
@@ -36,10 +36,6 @@ def _torch_step(proj, x, cache):
     return qk, query, key, torch.cat([query.reshape(batch, seq, -1), key.reshape(batch, seq, -1)], -1)
 
 
-def _normed(norm, query, key):
-    return norm(torch.cat([query, key], dim=2)).flatten(2)
-
-
 def _cca_conv():
     from zaya_vl.lm.kernels.cca_triton import cca_conv  # after conftest checked Triton
 
@@ -50,9 +46,9 @@ def _cca_conv():
 @pytest.mark.parametrize("seq", [1, 21])  # shorter than the window; two token tiles of 16, the last ragged
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 @torch.no_grad()
-def test_prefill_matches_cca_projection_and_qknorm(config, seq, dtype, device, assert_close, monkeypatch):
+def test_prefill_matches_cca_projection(config, seq, dtype, device, assert_close, monkeypatch):
     monkeypatch.setenv("ZAYA_VL_KERNELS", "torch")
-    cfg, proj, norm = _layer(config, dtype, device)
+    cfg, proj = _layer(config, dtype, device)
     x = torch.randn(1, seq, cfg.hidden_size, device=device, dtype=dtype)
     qk, query, key, expected = _torch_step(proj, x, None)
     history = qk.new_zeros(1, cfg.conv_window, qk.shape[-1])
@@ -61,8 +57,6 @@ def test_prefill_matches_cca_projection_and_qknorm(config, seq, dtype, device, a
     heads = (cfg.num_attention_heads, cfg.num_key_value_heads)
 
     assert_close(cca_conv(qk, history, kernel, bias, *heads, block_s=16), expected, dtype)
-    assert_close(cca_conv(qk, history, kernel, bias, *heads, temperature=norm.temp, block_s=16),
-                 _normed(norm, query, key), dtype)
     assert torch.equal(history, torch.zeros_like(history))  # prefill leaves the history alone
 
 
@@ -73,7 +67,7 @@ def test_decode_steps_update_the_state_in_place(config, dtype, device, assert_cl
     """Prefill, then decode steps of 1-4 tokens: outputs and the shifted conv state match CCAProjection with
     a cache; the kernel writes the state where it lives (here a non-contiguous view after the prefill)."""
     monkeypatch.setenv("ZAYA_VL_KERNELS", "torch")
-    cfg, proj, _ = _layer(config, dtype, device)
+    cfg, proj = _layer(config, dtype, device)
     cache = ZayaCache(cfg, batch_size=2, dtype=dtype, device=device)
     _torch_step(proj, torch.randn(2, 5, cfg.hidden_size, device=device, dtype=dtype), cache)
     state = cache.conv_states[0].clone()
@@ -93,7 +87,7 @@ def test_decode_steps_update_the_state_in_place(config, dtype, device, assert_cl
 @torch.no_grad()
 def test_chunked_prefill_reads_the_history(dtype, device, assert_close, monkeypatch):
     monkeypatch.setenv("ZAYA_VL_KERNELS", "torch")
-    cfg, proj, _ = _layer("gqa4_window3_bias", dtype, device)
+    cfg, proj = _layer("gqa4_window3_bias", dtype, device)
     cache = ZayaCache(cfg, batch_size=1, dtype=dtype, device=device)
     _torch_step(proj, torch.randn(1, 6, cfg.hidden_size, device=device, dtype=dtype), cache)
     history = cache.conv_states[0].clone()
@@ -105,16 +99,14 @@ def test_chunked_prefill_reads_the_history(dtype, device, assert_close, monkeypa
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 @torch.no_grad()
 def test_torch_reference_matches_cca_projection(config, device, monkeypatch):
-    """The reference the dispatch falls back to is CCAProjection's math (prefill, normed, decode in place)."""
+    """The reference the dispatch falls back to is CCAProjection's math (prefill, decode in place)."""
     monkeypatch.setenv("ZAYA_VL_KERNELS", "torch")
-    cfg, proj, norm = _layer(config, torch.float32, device)
+    cfg, proj = _layer(config, torch.float32, device)
     heads = (cfg.num_attention_heads, cfg.num_key_value_heads)
     cache = ZayaCache(cfg, batch_size=2, device=device)
     qk, query, key, expected = _torch_step(proj, torch.randn(2, 9, cfg.hidden_size, device=device), cache)
     history = qk.new_zeros(2, cfg.conv_window, qk.shape[-1])
     torch.testing.assert_close(cca_conv_reference(qk, history, *proj.folded_conv(), *heads), expected)
-    torch.testing.assert_close(cca_conv_reference(qk, history, *proj.folded_conv(), *heads, temperature=norm.temp),
-                               _normed(norm, query, key))
     state = cache.conv_states[0].clone()
     qk, _, _, expected = _torch_step(proj, torch.randn(2, 3, cfg.hidden_size, device=device), cache)
     torch.testing.assert_close(cca_conv_reference(qk, state, *proj.folded_conv(), *heads, update_state=True), expected)
@@ -129,7 +121,7 @@ def test_cca_projection_on_triton_path_matches_torch_path(dtype, triton_backend,
     launches = []
     real = cca_triton.cca_conv
     monkeypatch.setattr(cca_triton, "cca_conv", lambda *a, **k: launches.append(k.get("update_state", False)) or real(*a, **k))
-    cfg, proj, _ = _layer("gqa2_window2", dtype, device)
+    cfg, proj = _layer("gqa2_window2", dtype, device)
     reference = _layer("gqa2_window2", torch.float32, device)[1]
     caches = [ZayaCache(cfg, batch_size=2, dtype=dtype, device=device) for _ in range(2)]
     for step in (11, 1, 3):

@@ -1,0 +1,58 @@
+"""Helpers of the two-venv vLLM tests: reference outputs from our models (project venv) and comparisons."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def reference_python() -> str:
+    """The project's venv python (transformers >= 5.24), where our reference models run."""
+    python = os.environ.get("ZAYA_REFERENCE_PYTHON") or str(ROOT / ".venv" / "bin" / "python")
+    if not Path(python).exists():
+        pytest.skip(f"no project venv at {python} (set ZAYA_REFERENCE_PYTHON) to compute reference outputs")
+    return python
+
+
+def run_reference(kind: str, spec: dict, out_dir: Path) -> list[dict]:
+    """Build a tiny checkpoint and our model's greedy outputs for ``spec`` in the project's venv."""
+    spec_file = out_dir / "spec.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "PYTHONPATH"))}
+    result = subprocess.run([reference_python(), str(ROOT / "tests" / "vllm" / "reference.py"), kind,
+                             str(spec_file), str(out_dir)], capture_output=True, text=True, env=env, cwd=ROOT)
+    if result.returncode:
+        raise RuntimeError(f"reference run failed:\n{result.stderr[-4000:]}")
+    return json.loads((out_dir / "reference.json").read_text())
+
+
+def chosen_logprobs(completion) -> list[float]:
+    """Each step's log-probability of the token vLLM chose."""
+    return [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
+
+
+def assert_matches(outputs, references, tolerance: float = 1e-4) -> None:
+    for index, (output, reference) in enumerate(zip(outputs, references, strict=True)):
+        completion = output.outputs[0]
+        assert list(completion.token_ids) == reference["tokens"], f"prompt {index}: greedy tokens differ"
+        diffs = [abs(a - b) for a, b in zip(chosen_logprobs(completion), reference["logprobs"], strict=True)]
+        assert max(diffs) < tolerance, f"prompt {index}: log-prob differs by {max(diffs):.2e}"
+
+
+def release(llm) -> None:
+    """Shut an in-process engine down so the next test module can start its own."""
+    import gc
+
+    from vllm.distributed import cleanup_dist_env_and_memory
+
+    llm.llm_engine.engine_core.shutdown() if hasattr(llm.llm_engine, "engine_core") else None
+    del llm
+    gc.collect()
+    cleanup_dist_env_and_memory()
