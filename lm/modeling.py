@@ -19,7 +19,7 @@ from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lm.layers import ResidualScaling, RMSNorm, RotaryEmbedding
 from zaya_vl.lm.generation import ZayaGenerationMixin
 from zaya_vl.lm.masks import IMAGE_ATTENTION_MODES, build_attention_mask, image_attention_spans, to_block_mask
-from zaya_vl.lm.moe import Routing, ZayaMoE
+from zaya_vl.lm.moe import Routing, ZayaMoE, ZayaRouter
 from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast, ZayaModelOutputWithPast
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
 
@@ -155,6 +155,10 @@ class ZayaLMModel(ZayaPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
+
+    def routers(self) -> list[ZayaRouter]:
+        """The MoE routers, in layer order (training steers their ``balancing_biases``)."""
+        return [module for module in self.layers.modules() if isinstance(module, ZayaRouter)]
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value

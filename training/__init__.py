@@ -1,4 +1,4 @@
-"""zaya_vl.training: the accelerate trainer for ZAYA1 and ZAYA1-VL (DESIGN §6).
+"""zaya_vl.training: the accelerate trainer for ZAYA1 and ZAYA1-VL.
 
     from zaya_vl.training import load_config, train
     result = train(load_config("examples/train/text_sft.yaml"), resume=True)
@@ -16,12 +16,12 @@ from zaya_vl.training.config import ConfigError, RunConfig, config_from_dict, lo
 from zaya_vl.training.data import DataError, Encoded, InvalidSample, SampleEncoder, open_records
 from zaya_vl.training.freezing import apply_freezing
 from zaya_vl.training.packing import Row, RowStream
-from zaya_vl.training.schedules import LRMultiplier, build_scheduler
+from zaya_vl.training.schedules import LRMultiplier, StepSchedule, build_scheduler
 from zaya_vl.training.trainer import TrainResult, Trainer, train
 
 __all__ = [
     "BalancingController", "ConfigError", "DataError", "Encoded", "InvalidSample", "LRMultiplier", "Row",
-    "RowStream", "RunConfig", "SampleEncoder", "TrainResult", "Trainer", "apply_freezing", "build_scheduler",
+    "RowStream", "RunConfig", "SampleEncoder", "StepSchedule", "TrainResult", "Trainer", "apply_freezing", "build_scheduler",
     "collate_rows", "config_from_dict", "count_targets", "expert_loads", "is_complete", "latest_checkpoint",
     "load_config", "load_metrics", "open_records", "train",
 ]

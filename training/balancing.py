@@ -19,21 +19,16 @@ The gains are in ``BalancingConfig``.
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 
+from zaya_vl.lm.modeling import ZayaLMModel
 
-def find_routers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """``(module name, balancing_biases buffer)`` for each MoE layer, in layer order."""
-    found = []
-    for name, buffer in model.named_buffers():
-        if name.endswith("balancing_biases"):
-            match = re.search(r"layers\.(\d+)\.", name)
-            found.append((int(match.group(1)) if match else len(found), name, buffer))
-    found.sort(key=lambda item: item[0])
-    return [(name, buffer) for _, name, buffer in found]
+
+def find_routers(model: nn.Module) -> list[nn.Module]:
+    """The MoE routers of ``model`` (a ZAYA1 LM or ZAYA1-VL, bare or wrapped by PEFT / DDP), in layer order."""
+    return [router for module in model.modules() if isinstance(module, ZayaLMModel) for router in module.routers()]
 
 
 @torch.no_grad()
@@ -131,13 +126,13 @@ class BalancingController:
 
 
 def current_biases(model: nn.Module) -> torch.Tensor:
-    return torch.stack([buffer.detach().float().cpu() for _, buffer in find_routers(model)])
+    return torch.stack([router.balancing_biases.detach().float().cpu() for router in find_routers(model)])
 
 
 @torch.no_grad()
 def set_biases(model: nn.Module, biases: torch.Tensor) -> None:
-    for (_, buffer), row in zip(find_routers(model), biases):
-        buffer.copy_(row.to(buffer.device, buffer.dtype))
+    for router, row in zip(find_routers(model), biases):
+        router.balancing_biases.copy_(row.to(router.balancing_biases.device, router.balancing_biases.dtype))
 
 
 __all__ = ["BalancingController", "current_biases", "expert_loads", "find_routers", "load_metrics", "set_biases"]

@@ -1,8 +1,8 @@
 """Building the model, its tokenizer / processor, optional PEFT LoRA, and the final ``save_pretrained``.
 
 The trainer uses only the public model API: ``from_pretrained`` / ``save_pretrained``, ``forward`` with
-``labels``, ``segment_ids`` and ``output_router_logits``, ``gradient_checkpointing_enable`` and the routers'
-``balancing_biases`` buffers.
+``labels``, ``segment_ids`` and ``output_router_logits``, ``activation_checkpointing_enable`` and the decoder's
+``routers()`` (their ``balancing_biases`` buffers).
 """
 
 from __future__ import annotations
@@ -11,23 +11,24 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from zaya_vl.lm.moe import RouterMLP, ZayaExperts, ZayaRouter
 from zaya_vl.training.config import ConfigError, LoraConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
 
 VL_MODEL_TYPES = ("zaya_vl", "zaya1_vl")
 LM_MODEL_TYPES = ("zaya",)
-# Linear layers whose weights the model reads directly (fused GEMMs, the fp32 router), so a PEFT wrapper
-# around them would never run: LoRA there would train nothing. The image-gated vision LoRA covers them.
-# The router reads its (fp32) weights directly, so a PEFT adapter there would never run. The CCA projections
-# are fine: CCAProjection runs wrapped projections as modules instead of its fused GEMM.
-_NOT_PEFT_ADAPTABLE_PARENTS = ("ZayaRouter", "RouterMLP")
+# The router reads the weights of its Linear layers directly (in fp32), so a PEFT adapter on them would never
+# run. The CCA projections do take adapters: CCAProjection runs wrapped projections as modules, not fused.
+_NOT_PEFT_ADAPTABLE_PARENTS = (ZayaRouter, RouterMLP)
 
 
 @dataclass
@@ -65,12 +66,7 @@ def build_model(config: ModelConfig, seed: int, tokenizer=None, processor=None) 
     ``model.tokenizer`` (or ``model.path``)."""
     kind = model_kind(config)
     dtype = getattr(torch, config.dtype)
-    if kind == "vl":
-        from zaya_vl import ZayaVL as model_class
-        from zaya_vl import ZayaVLConfig as config_class
-    else:
-        from zaya_vl.lm import ZayaLM as model_class
-        from zaya_vl.lm import ZayaLMConfig as config_class
+    model_class, config_class = _model_classes(kind)
     kwargs = dict(config.overrides)
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
@@ -86,11 +82,9 @@ def build_model(config: ModelConfig, seed: int, tokenizer=None, processor=None) 
         if tokenizer_path is None:
             raise ConfigError("model.tokenizer: a new model (model.config) needs a tokenizer/processor folder")
         if kind == "vl":
-            processor = _load_processor(tokenizer_path)
+            processor = _load_preprocessor(tokenizer_path, kind)
         else:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+            tokenizer = _load_preprocessor(tokenizer_path, kind)
     if kind == "lm":
         processor = None  # a text-only LM trains on text only; image samples are invalid
     if processor is not None:
@@ -103,19 +97,44 @@ def build_model(config: ModelConfig, seed: int, tokenizer=None, processor=None) 
         raise ConfigError("model.tokenizer: the tokenizer has no pad token")
     if config.gradient_checkpointing:
         # Non-reentrant: frozen inputs (a frozen embedding) need no requires_grad hack, and any argument type passes.
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return ModelBundle(model, tokenizer, processor, kind == "vl")
 
 
-def _load_processor(path: str):
-    try:
+def _model_classes(kind: str) -> tuple[type, type]:
+    """``(model class, config class)`` of a ``"vl"`` or ``"lm"`` model."""
+    if kind == "vl":
+        from zaya_vl import ZayaVL, ZayaVLConfig
+
+        return ZayaVL, ZayaVLConfig
+    from zaya_vl.lm import ZayaLM, ZayaLMConfig
+
+    return ZayaLM, ZayaLMConfig
+
+
+def _load_preprocessor(path: str, kind: str):
+    """The processor (``"vl"``) or the tokenizer (``"lm"``) saved at ``path``."""
+    if kind == "vl":
         from zaya_vl.processing import ZayaVLProcessor
-    except ImportError as error:  # the processor module is part of the VL model
-        raise ConfigError(f"VL training needs zaya_vl.processing.ZayaVLProcessor ({error})") from error
-    return ZayaVLProcessor.from_pretrained(path)
+
+        return ZayaVLProcessor.from_pretrained(path)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+@contextmanager
+def _folder_replaced_atomically(out: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside ``out`` to write into; when the block succeeds it replaces ``out`` by a
+    rename, so ``out`` is either complete or absent (a failed block leaves the temporary folder, which the next
+    write clears)."""
+    temporary = out.with_name(f".tmp-{out.name}")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    yield temporary
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(temporary, out)
 
 
 def upcast_trainable_(model: nn.Module) -> None:
@@ -128,7 +147,7 @@ def upcast_trainable_(model: nn.Module) -> None:
 # The only parameters PEFT's ``target_parameters`` may adapt: the fused 3-D expert weights, which ``ZayaExperts``
 # reads as module attributes inside its forward (so the ParamWrapper's parametrization is seen by every kernel
 # path). Any other parameter is either a Linear weight (use ``target_modules``) or one the model reads directly.
-_PEFT_PARAMETER_OWNERS = ("ZayaExperts",)
+_PEFT_PARAMETER_OWNERS = (ZayaExperts,)
 
 
 def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
@@ -143,7 +162,7 @@ def add_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         leaf = name.rsplit(".", 1)[-1]
         if leaf in config.target_modules and isinstance(module, nn.Linear):
             parent = modules[name.rsplit(".", 1)[0]] if "." in name else model
-            if type(parent).__name__ in _NOT_PEFT_ADAPTABLE_PARENTS:
+            if isinstance(parent, _NOT_PEFT_ADAPTABLE_PARENTS):
                 raise ConfigError(
                     f"lora.target_modules: {leaf!r} ({name}) cannot take a PEFT adapter: the model reads its "
                     "weight directly (the fp32 router), so the adapter would never run. Target the attention "
@@ -169,17 +188,17 @@ def _check_target_parameters(model: nn.Module, config: LoraConfig) -> None:
     if config.dropout:
         raise ConfigError(f"lora.dropout: must be 0 with lora.target_parameters (PEFT applies a parameter's LoRA "
                           f"as a weight delta, where dropout cannot act), got {config.dropout}")
-    owners = {name: type(module).__name__ for name, module in model.named_modules()}
+    owners = dict(model.named_modules())
     for target in config.target_parameters:
         matched = []
         for name, _ in model.named_parameters():
             if name == target or name.endswith("." + target):
-                owner = owners.get(name.rpartition(".")[0], type(model).__name__)
-                if owner not in _PEFT_PARAMETER_OWNERS:
+                owner = owners.get(name.rpartition(".")[0], model)
+                if not isinstance(owner, _PEFT_PARAMETER_OWNERS):
                     raise ConfigError(
-                        f"lora.target_parameters: {target!r} matches {name}, a parameter of {owner}; only the "
-                        "experts' 3-D weights (mlp.experts.gate_up_proj, mlp.experts.down_proj) are adapted by "
-                        "parameter. Use lora.target_modules for Linear layers")
+                        f"lora.target_parameters: {target!r} matches {name}, a parameter of "
+                        f"{type(owner).__name__}; only the experts' 3-D weights (mlp.experts.gate_up_proj, "
+                        "mlp.experts.down_proj) are adapted by parameter. Use lora.target_modules for Linear layers")
                 matched.append(name)
         if not matched:
             raise ConfigError(f"lora.target_parameters: {target!r} matches no parameter of the model (the expert "
@@ -193,7 +212,6 @@ def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str 
     merged model and ``final/adapter/`` the adapter alone (``PeftModel.from_pretrained(base, final/adapter)``).
     ``full_state_dict``: the gathered weights of a model the trainer sharded itself (``train.fsdp``)."""
     out_dir = Path(out_dir)
-    temporary = out_dir.with_name(f".tmp-{out_dir.name}")
     unwrapped = accelerator.unwrap_model(model)
     if with_lora:
         state_dict = None
@@ -202,17 +220,13 @@ def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str 
     else:
         state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        if temporary.exists():
-            shutil.rmtree(temporary)
-        if with_lora:
-            # The adapter first: merging folds the LoRA matrices into the base weights and removes them.
-            save_adapter(unwrapped, temporary / ADAPTER_DIR)
-            unwrapped = unwrapped.merge_and_unload()
-        unwrapped.save_pretrained(temporary, state_dict=state_dict, safe_serialization=True)
-        (bundle.processor or bundle.tokenizer).save_pretrained(temporary)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(temporary, out_dir)
+        with _folder_replaced_atomically(out_dir) as temporary:
+            if with_lora:
+                # The adapter first: merging folds the LoRA matrices into the base weights and removes them.
+                save_adapter(unwrapped, temporary / ADAPTER_DIR)
+                unwrapped = unwrapped.merge_and_unload()
+            unwrapped.save_pretrained(temporary, state_dict=state_dict, safe_serialization=True)
+            (bundle.processor or bundle.tokenizer).save_pretrained(temporary)
     accelerator.wait_for_everyone()
     return out_dir
 
@@ -257,40 +271,24 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, dty
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
     kind = model_kind(ModelConfig(path=str(base)))
-    if kind == "vl":
-        from zaya_vl import ZayaVL as model_class
-    else:
-        from zaya_vl.lm import ZayaLM as model_class
+    model_class, _ = _model_classes(kind)
     model = model_class.from_pretrained(str(base), dtype=getattr(torch, dtype))
     try:
         merged = peft.PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as error:
         raise ConfigError(f"{adapter}: the adapter does not fit the base model {base}: {error}") from None
-    temporary = out.with_name(f".tmp-{out.name}")
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    merged.save_pretrained(temporary, safe_serialization=True)
-    preprocessor = _load_preprocessor(str(base), kind)
-    if preprocessor is not None:
-        preprocessor.save_pretrained(temporary)
-    else:
-        logger.warning("%s has no %s to copy; %s holds the weights only", base,
-                       "processor" if kind == "vl" else "tokenizer", out)
-    if out.exists():
-        shutil.rmtree(out)
-    os.rename(temporary, out)
+    with _folder_replaced_atomically(out) as temporary:
+        merged.save_pretrained(temporary, safe_serialization=True)
+        try:
+            preprocessor = _load_preprocessor(str(base), kind)
+        except (OSError, ValueError):
+            preprocessor = None
+        if preprocessor is not None:
+            preprocessor.save_pretrained(temporary)
+        else:
+            logger.warning("%s has no %s to copy; %s holds the weights only", base,
+                           "processor" if kind == "vl" else "tokenizer", out)
     return out
-
-
-def _load_preprocessor(path: str, kind: str):
-    try:
-        if kind == "vl":
-            return _load_processor(path)
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, ConfigError):
-        return None
 
 
 __all__ = ["ADAPTER_DIR", "ModelBundle", "add_lora", "build_model", "merge_adapter", "model_kind", "save_adapter",

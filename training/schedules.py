@@ -12,6 +12,7 @@ Warmup multiplies step ``s`` (0-based) by ``(s + 1) / warmup_steps``, so the fir
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -60,14 +61,48 @@ def _clamp(x: float) -> float:
     return min(max(x, 0.0), 1.0)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig,
-                    max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+class StepSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """Sets each parameter group's learning rate to ``base_lr × multiplier(step)``: a pure function of the step.
+
+    Its state is the step count and the base learning rates only, not the multiplier: the schedule follows the
+    config of the run that loads it (e.g. a run extended to more steps); the step comes from the checkpoint.
+    Loading a state (``load_state_dict``) sets the learning rates of that step. A checkpoint of torch's
+    ``LambdaLR`` (``last_epoch``, ``base_lrs``) loads too.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, multiplier: Callable[[int], float],
+                 last_epoch: int = -1) -> None:
+        self.multiplier = multiplier
+        super().__init__(optimizer, last_epoch)
+
+    def lr_at(self, step: int) -> list[float]:
+        return [base * self.multiplier(step) for base in self.base_lrs]
+
+    def get_lr(self) -> list[float]:
+        return self.lr_at(self.last_epoch)
+
+    def get_last_lr(self) -> list[float]:
+        return self.lr_at(self.last_epoch)
+
+    def set_optimizer_lr(self) -> None:
+        """Write the current step's learning rates into the optimizer (loading an optimizer's state brings back
+        the rates the saved run had)."""
+        for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_epoch), strict=True):
+            group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.last_epoch = int(state_dict["last_epoch"])
+        self.base_lrs = list(state_dict["base_lrs"])
+        self.set_optimizer_lr()
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, max_steps: int) -> StepSchedule:
     multiplier = LRMultiplier(config.name, max_steps, config.warmup_steps, config.min_lr_ratio,
                               config.decay_fraction, config.decay_shape)
-    # A plain function, not the object: LambdaLR would save a callable object's fields with its state and a
-    # resume would then bring back the old schedule. The schedule follows the config (e.g. a run extended to
-    # more steps); the step count comes from the checkpoint.
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: multiplier(step))
+    return StepSchedule(optimizer, multiplier)
 
 
-__all__ = ["LRMultiplier", "build_scheduler"]
+__all__ = ["LRMultiplier", "StepSchedule", "build_scheduler"]

@@ -31,6 +31,7 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     """The modules sharded on their own: instances of the model's ``_no_split_modules`` (decoder layers, vision
     blocks), found through a PEFT wrapper too."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # transformers' convention: ``_no_split_modules`` holds class names, so they are matched by name.
     names = set(getattr(base, "_no_split_modules", None) or ())
     units = [module for module in model.modules() if type(module).__name__ in names]
     if not units:

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
@@ -111,23 +110,29 @@ class Trainer:
         mixed_precision = resolve_mixed_precision(loop.mixed_precision, loop.cpu)
         find_unused = {"true": True, "false": False}.get(loop.ddp_find_unused_parameters)
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size == 1:
-            # accelerate keeps process-wide singletons; a second run in one process (a notebook, a sweep) with
-            # other settings would be refused. A single process holds no process group, so start clean.
-            AcceleratorState._reset_state(reset_partial_state=True)
-            GradientState._reset_state()
+        if config.model.dtype != "float32" and mixed_precision == "no":
+            raise ConfigError(f"model.dtype={config.model.dtype} keeps frozen weights in low precision; "
+                              "it needs train.mixed_precision bf16 (autocast) so fp32 trainable weights mix")
         # Several processes without a GPU: accelerate uses gloo only when told the run is on CPU.
         cpu = loop.cpu or (not torch.cuda.is_available() and world_size > 1)
         self.tensorboard = loop.tensorboard and _tensorboard_available()
-        self.accelerator = Accelerator(
-            mixed_precision=mixed_precision,
-            gradient_accumulation_steps=loop.grad_accum_steps,
-            cpu=cpu,
-            log_with="tensorboard" if self.tensorboard else None,
-            project_dir=str(self.output_dir),
-            step_scheduler_with_optimizer=False,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(find_unused))],
-        )
+        try:
+            self.accelerator = Accelerator(
+                mixed_precision=mixed_precision,
+                gradient_accumulation_steps=loop.grad_accum_steps,
+                cpu=cpu,
+                log_with="tensorboard" if self.tensorboard else None,
+                project_dir=str(self.output_dir),
+                step_scheduler_with_optimizer=False,
+                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(find_unused))],
+            )
+        except ValueError as error:
+            if "already been initialized" not in str(error):
+                raise
+            # accelerate keeps its settings for the life of the process and offers no public way to reset them.
+            raise ConfigError(f"train.mixed_precision / train.cpu: an earlier run in this process set accelerate "
+                              f"up with other settings, which accelerate keeps until the process ends ({error}). "
+                              "Start this run in a new process") from None
         self.output_lock = self._lock_output_dir()
         try:
             self.resume_path = self._resume_path(resume)
@@ -151,9 +156,6 @@ class Trainer:
         self.freeze_report = apply_freezing(model, config.stage, self.bundle.is_vl, config.freeze.train,
                                             config.freeze.freeze, with_lora=with_lora)
         if config.model.dtype != "float32":
-            if mixed_precision == "no":
-                raise ConfigError(f"model.dtype={config.model.dtype} keeps frozen weights in low precision; "
-                                  "it needs train.mixed_precision bf16 (autocast) so fp32 trainable weights mix")
             upcast_trainable_(model)
         self.with_lora = with_lora
         self.fsdp = self._fsdp_enabled(with_lora)
@@ -174,16 +176,16 @@ class Trainer:
         if self.fsdp:  # before the optimizer exists: it holds the sharded parameters
             model = sharding.fully_shard_model(model, self.accelerator.device)
         optimizer = build_optimizer(model, config.optim)
-        scheduler = build_scheduler(optimizer, config.schedule, loop.max_steps)
+        self.schedule = scheduler = build_scheduler(optimizer, config.schedule, loop.max_steps)
 
         self.routers = balancing.find_routers(model)
         self.controller = None
-        if self.routers and self._balancing_enabled(model):
+        if self.routers and self._balancing_enabled():
             gains = config.balancing
             self.controller = balancing.BalancingController(
                 balancing.current_biases(model), kp=gains.kp, ki=gains.ki, kd=gains.kd,
                 include_skip=gains.include_skip, output_limit=gains.output_limit,
-                active_layers=self._trained_routers(model) if gains.enabled == "auto" else None)
+                active_layers=self._trained_routers() if gains.enabled == "auto" else None)
 
         self._configure_deepspeed()
         if self.fsdp:
@@ -277,21 +279,16 @@ class Trainer:
         if ds_config.get("gradient_clipping", "auto") == "auto":
             ds_config["gradient_clipping"] = self.config.optim.grad_clip or 0.0
 
-    def _trained_routers(self, model) -> list[bool]:
+    def _trained_routers(self) -> list[bool]:
         """Per MoE layer: is any of its router's parameters trainable?"""
-        parameters = dict(model.named_parameters())
-        trained = []
-        for name, _ in self.routers:
-            gate = name.rsplit(".", 1)[0] + "."
-            trained.append(any(p.requires_grad for n, p in parameters.items() if n.startswith(gate)))
-        return trained
+        return [any(p.requires_grad for p in router.parameters()) for router in self.routers]
 
-    def _balancing_enabled(self, model) -> bool:
+    def _balancing_enabled(self) -> bool:
         setting = self.config.balancing.enabled
         if setting != "auto":
             return setting == "true"
         # Steer the routers only while they are being trained: a frozen LM keeps its routing exactly.
-        return any(self._trained_routers(model))
+        return any(self._trained_routers())
 
     def _warn(self, message: str) -> None:
         if self.accelerator.is_main_process:
@@ -346,7 +343,8 @@ class Trainer:
         if state.get("max_steps", self.config.train.max_steps) != self.config.train.max_steps:
             self._info(f"train.max_steps changed from {state['max_steps']} to {self.config.train.max_steps}: the "
                        "learning-rate schedule follows the new value from here on")
-        self._apply_schedule()
+        # The sharded optimizer's state is loaded after the scheduler's and brings back the saved run's rates.
+        self.schedule.set_optimizer_lr()
         self.stream.load_state_dict(state["data"])
         self.data_state, self.late_skipped = state["data"], int(state.get("late_skipped", 0))
         if self.controller is not None:
@@ -363,14 +361,6 @@ class Trainer:
         if self.accelerator.is_main_process:
             self._truncate_metrics(self.step)
         self._info(f"resumed from {path} at step {self.step}")
-
-    def _apply_schedule(self) -> None:
-        """Set the learning rate of the next step from this run's schedule (the checkpoint holds the value the
-        saved run computed; the same config recomputes the same number, a changed one takes effect now)."""
-        inner = getattr(self.scheduler, "scheduler", self.scheduler)
-        for group, base, multiplier in zip(inner.optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
-            group["lr"] = base * multiplier(inner.last_epoch)
-        inner._last_lr = [group["lr"] for group in inner.optimizer.param_groups]
 
     def _truncate_metrics(self, step: int) -> None:
         path = self.output_dir / "metrics.jsonl"

@@ -120,3 +120,22 @@ def test_biases_are_buffers_and_only_the_controller_moves_them(helpers, assets, 
         runs[enabled] = current_biases(ZayaLM.from_pretrained(train(config_from_dict(config)).final_dir))
     assert torch.equal(runs["false"], before)
     assert not torch.equal(runs["true"], before)
+
+
+def test_find_routers_gives_each_layers_router_in_layer_order():
+    """Eleven layers: numeric layer order (10 after 9), for the LM, the VL model and a PEFT-wrapped LM."""
+    from zaya_vl import ZayaVL
+    from zaya_vl.testing import tiny_vl_config
+
+    lm = ZayaLM(tiny_lm_config(num_hidden_layers=11))
+    expected = [layer.mlp.gate for layer in lm.model.layers]
+    assert [id(r) for r in find_routers(lm)] == [id(r) for r in expected]
+    vl = ZayaVL(tiny_vl_config(num_hidden_layers=3))
+    assert [id(r) for r in find_routers(vl)] == [id(layer.mlp.gate) for layer in vl.model.layers]
+    peft = pytest.importorskip("peft")
+    wrapped = peft.get_peft_model(lm, peft.LoraConfig(r=2, target_modules=["o_proj"]))
+    assert [id(r) for r in find_routers(wrapped)] == [id(r) for r in expected]
+    biases = torch.randn(11, lm.config.num_experts + 1)
+    set_biases(wrapped, biases)
+    assert torch.equal(torch.stack([r.balancing_biases.float() for r in expected]), biases)
+    assert torch.equal(current_biases(lm), biases)

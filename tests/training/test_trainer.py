@@ -152,3 +152,14 @@ def test_bf16_frozen_weights_with_fp32_trainable_ones(helpers, assets, tmp_path)
         config["train"]["mixed_precision"] = "no"
         config["output_dir"] = str(tmp_path / "again")
         train(config_from_dict(config))
+
+
+def test_a_run_that_accelerate_cannot_set_up_in_this_process_is_refused_with_the_keys(helpers, assets, tmp_path):
+    """accelerate keeps its settings per process: after bf16, a run without mixed precision is a clear error."""
+    from accelerate import Accelerator
+
+    Accelerator(mixed_precision="bf16", cpu=True)
+    config = helpers.run_config(assets, tmp_path / "run", train={"max_steps": 1, "mixed_precision": "no"})
+    with pytest.raises(ConfigError, match=r"train.mixed_precision / train.cpu: an earlier run in this process"):
+        train(config_from_dict(config))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
