@@ -8,6 +8,7 @@ Zyphra's reference code, the upstream port and upstream `zaya` disagree, and siz
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -16,6 +17,30 @@ from transformers import PreTrainedConfig
 LAYER_TYPES = ("hybrid", "hybrid_sliding")
 SKIP_EXPERT_OUTPUTS = ("zero", "scaled_input")
 DELAYED_GATES = ("current_token", "previous_token")
+
+
+# Every size and epsilon is checked for its type and range when a config is built, so a config.json with
+# `"hidden_size": "192"` or `"num_hidden_layers": 3.0` fails naming the key, not deep inside a layer.
+POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "head_dim", "max_position_embeddings", "moe_intermediate_size", "num_experts", "router_hidden_size",
+                 "cca_time0", "cca_time1", "sliding_window")
+NONNEGATIVE_INTS = ("vision_lora_rank_attn", "vision_lora_rank_mlp", "pad_token_id", "bos_token_id")
+POSITIVE_FLOATS = ("rms_norm_eps", "router_rms_norm_eps", "initializer_range")
+
+
+def check_config_values(owner: str, config, positive_ints=(), nonnegative_ints=(), positive_floats=()) -> None:
+    """Raise naming the first field whose value has the wrong type or range (``None`` is left to the caller)."""
+    for names, kind, low in ((positive_ints, "a positive integer", 1), (nonnegative_ints, "an integer >= 0", 0)):
+        for name in names:
+            value = getattr(config, name, None)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"{owner}: {name} must be {kind}, got {value!r} ({type(value).__name__}).")
+    for name in positive_floats:
+        value = getattr(config, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"{owner}: {name} must be a positive finite number, got {value!r} "
+                             f"({type(value).__name__}).")
 
 
 class ZayaLMConfig(PreTrainedConfig):
@@ -82,6 +107,7 @@ class ZayaLMConfig(PreTrainedConfig):
     vision_lora_rank_mlp: int = 0
 
     def __post_init__(self, **kwargs: Any) -> None:
+        check_config_values("ZayaLMConfig", self, POSITIVE_INTS, NONNEGATIVE_INTS, POSITIVE_FLOATS)
         if self.layer_types is None:
             self.layer_types = ["hybrid"] * self.num_hidden_layers
         self.layer_types = list(self.layer_types)

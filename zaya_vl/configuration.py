@@ -14,7 +14,7 @@ from transformers import PreTrainedConfig
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.utils import logging
 
-from zaya_vl.lm.config import ZayaLMConfig
+from zaya_vl.lm.config import ZayaLMConfig, check_config_values
 from zaya_vl.lm.masks import IMAGE_ATTENTION_MODES
 
 logger = logging.get_logger(__name__)
@@ -29,7 +29,11 @@ def _vision_config(value, where: str = "vision_config") -> Qwen2_5_VLVisionConfi
     fields.pop("model_type", None)  # each reference writes its own; the vision sub-config has its own type
     known = set(Qwen2_5_VLVisionConfig.__dataclass_fields__) | _CONFIG_BOOKKEEPING
     warn_unknown_keys(where, set(fields) - known)
-    return Qwen2_5_VLVisionConfig(**{key: value for key, value in fields.items() if key in known})
+    config = Qwen2_5_VLVisionConfig(**{key: value for key, value in fields.items() if key in known})
+    check_config_values(where, config, ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels",
+                                        "patch_size", "spatial_merge_size", "temporal_patch_size", "window_size",
+                                        "out_hidden_size"))
+    return config
 
 
 class ZayaVLConfig(PreTrainedConfig):
@@ -66,6 +70,14 @@ class ZayaVLConfig(PreTrainedConfig):
         # The LM's hidden states receive the merger's output, and the head's tie follows the LM.
         self.tie_word_embeddings = self.text_config.tie_word_embeddings
         super().__post_init__(**kwargs)
+        vocab = self.text_config.vocab_size
+        for name in ("image_token_id", "vision_start_token_id", "vision_end_token_id"):
+            value = getattr(self, name)
+            if value is None and name != "image_token_id":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab:
+                raise ValueError(f"ZayaVLConfig: {name}={value!r} is not a token id of the vocabulary "
+                                 f"(0 .. {vocab - 1}).")
         if self.image_attention not in IMAGE_ATTENTION_MODES:
             raise ValueError(f"ZayaVLConfig: image_attention={self.image_attention!r}; "
                              f"expected one of {IMAGE_ATTENTION_MODES}.")

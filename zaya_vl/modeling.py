@@ -30,7 +30,8 @@ from zaya_vl.lm.generation import ZayaGenerationMixin
 from zaya_vl.lm.modeling import ZayaLMModel
 from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
-from zaya_vl.weights import checkpoint_keys, iter_checkpoint_tensors
+from zaya_vl.weights import (CorruptCheckpointError, checkpoint_float_keys, index_lacks_metadata,
+                              iter_checkpoint_tensors)
 
 
 @dataclass
@@ -164,15 +165,20 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
         fields can be overridden as keyword arguments, e.g. ``image_attention="causal"``."""
         path = pretrained_model_name_or_path
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-        keys = checkpoint_keys(path, **hub_kwargs) if path is not None else None
-        layout = detect_layout(keys) if keys is not None else NATIVE
+        if config is None and path is not None and os.path.isdir(str(path)) and not os.path.isfile(
+                os.path.join(path, hub_kwargs.get("subfolder") or "", "config.json")):
+            raise FileNotFoundError(f"{path} has no config.json; a checkpoint folder needs one beside its weights.")
+        float_keys = checkpoint_float_keys(path, **hub_kwargs) if path is not None else None
+        layout = detect_layout(float_keys) if float_keys is not None else NATIVE
         if config is None and path is not None and _model_type(path, kwargs) == ReferenceZayaVLConfig.model_type:
             config = ReferenceZayaVLConfig.from_pretrained(path, **hub_kwargs)
-        if layout is NATIVE and not isinstance(config, ReferenceZayaVLConfig):
+        if layout is NATIVE and not isinstance(config, ReferenceZayaVLConfig) and not (
+                path is not None and index_lacks_metadata(path, **hub_kwargs)):
             model = super().from_pretrained(path, *args, config=config, **kwargs)
         else:
-            model = cls._from_converted(path, layout, keys, config, *args, **kwargs)
+            model = cls._from_converted(path, layout, list(float_keys), config, *args, **kwargs)
         if path is not None:
+            _check_loaded_weights(model, layout, float_keys, path)
             generation_config = _read_generation_config(path, hub_kwargs)
             if generation_config is not None:
                 model.generation_config = generation_config
@@ -181,14 +187,17 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
     @classmethod
     def _from_converted(cls, path, layout, keys, config, *args, **kwargs):
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-        if not isinstance(config, ReferenceZayaVLConfig):
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in ZayaVLConfig.__dataclass_fields__}
+        if layout is NATIVE:  # read here only when transformers' loader cannot (an index without metadata)
+            native = config or ZayaVLConfig.from_pretrained(path, **hub_kwargs, **overrides)
+        elif not isinstance(config, ReferenceZayaVLConfig):
             raise ValueError(f"{path}: the tensors are in the {layout.name!r} layout but config.json is not a "
                              "zaya1_vl config; the two must come from the same release.")
-        if config.layout != layout.name:
+        elif config.layout != layout.name:
             raise ValueError(f"{path}: config.json is in the {config.layout!r} layout but the tensors are in the "
                              f"{layout.name!r} layout; the two must come from the same release.")
-        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in ZayaVLConfig.__dataclass_fields__}
-        native = config.to_native(**overrides)
+        else:
+            native = config.to_native(**overrides)
         text = native.text_config
         _raise_if_unmapped(path, keys, text.num_hidden_layers)
         state_dict = dict(to_native(iter_checkpoint_tensors(path, **hub_kwargs), layout, text.num_hidden_layers,
@@ -222,6 +231,23 @@ class ReferenceLayoutZayaVL(ZayaVL):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         return ZayaVL.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+def _check_loaded_weights(model, layout, float_keys: dict[str, bool], path) -> None:
+    """Refuse what transformers would load quietly: integer data in a floating-point parameter (cast without a
+    word) and NaN or infinite weights (a model that answers nothing)."""
+    params = dict(model.state_dict())
+    num_layers = model.config.text_config.num_hidden_layers
+    for key, is_float in float_keys.items():
+        if is_float:
+            continue
+        target = layout.native_name(key, num_layers)[0]
+        if target in params and params[target].is_floating_point():
+            raise CorruptCheckpointError(f"{path}: tensor {key} holds integer data but {target} is a "
+                                         "floating-point parameter.")
+    for name, tensor in params.items():
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
+            raise CorruptCheckpointError(f"{path}: {name} holds NaN or infinite values.")
 
 
 def _raise_if_unmapped(path, keys, num_layers: int) -> None:

@@ -38,6 +38,7 @@ port's own outputs in tests/zaya_vl/test_port_processor.py):
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -168,11 +169,19 @@ class ZayaVLProcessor(ProcessorMixin):
         Our saved processors record ``image_expansion`` in ``processor_config.json``. Any other folder is read as the
         reference processors read it, with ``image_token_id`` from its ``config.json`` (when it has one).
         """
+        _check_json_files(pretrained_model_name_or_path)
         if "image_expansion" not in kwargs and not _saved_by_us(pretrained_model_name_or_path, kwargs):
             kwargs["image_expansion"] = "repeat"
             if "image_token_id" not in kwargs:
                 kwargs["image_token_id"] = _config_image_token_id(pretrained_model_name_or_path, kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        for edge in ("shortest_edge", "longest_edge"):
+            value = (processor.image_processor.size or {}).get(edge)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{pretrained_model_name_or_path}: the image processor's size.{edge} (the "
+                                 f"{'min' if edge == 'shortest_edge' else 'max'}_pixels budget) must be a positive "
+                                 f"integer, got {value!r}.")
+        return processor
 
     # ------------------------------------------------------------------ pixel budget
 
@@ -405,6 +414,25 @@ def _read_json(path_or_repo, filename: str, kwargs: dict) -> dict | None:
             return json.load(handle)
     except json.JSONDecodeError as error:
         raise ValueError(f"{resolved} is not valid JSON ({error})") from error
+
+
+# The JSON files a processor folder may hold; each is parsed up front so a broken one is named.
+_PROCESSOR_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json",
+                   "processor_config.json", "chat_template.json")
+
+
+def _check_json_files(path) -> None:
+    if not os.path.isdir(str(path)):
+        return
+    for name in _PROCESSOR_JSON:
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        try:
+            with open(file, encoding="utf-8") as f:
+                json.load(f)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"{file}: not valid JSON (truncated or corrupt?): {error}") from None
 
 
 def _saved_by_us(path_or_repo, kwargs: dict) -> bool:

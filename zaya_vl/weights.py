@@ -80,10 +80,17 @@ def _file_tensors(file: str) -> Iterator[tuple[str, torch.Tensor]]:
     yield from torch.load(file, map_location="cpu", weights_only=True).items()
 
 
-def _file_keys(file: str) -> list[str]:
+# safetensors' dtype names of floating-point tensors; anything else is integer or boolean data.
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"}
+
+
+def _file_dtypes(file: str) -> dict[str, bool]:
+    """Each tensor's name -> whether it holds floating-point data, from the file's header (or a meta load)."""
     if file.endswith(".safetensors"):
-        return [key for key in check_safetensors_file(file) if key != "__metadata__"]
-    return list(torch.load(file, map_location="meta", weights_only=True))
+        return {key: entry.get("dtype") in _FLOAT_DTYPES for key, entry in check_safetensors_file(file).items()
+                if key != "__metadata__"}
+    return {key: tensor.is_floating_point()
+            for key, tensor in torch.load(file, map_location="meta", weights_only=True).items()}
 
 
 def _shard_paths(path, index_name: str, index_file: str, hub_kwargs: dict) -> list[str]:
@@ -122,9 +129,18 @@ def weight_files(path, **hub_kwargs) -> list[str]:
     raise MissingWeightsError(f"No weights found in {path}: expected one of {', '.join(WEIGHT_FILES)}.")
 
 
-def checkpoint_keys(path, **hub_kwargs) -> list[str]:
-    """Every tensor name of the checkpoint, read from headers only (no tensor data is loaded)."""
-    return [key for file in weight_files(path, **hub_kwargs) for key in _file_keys(file)]
+def checkpoint_float_keys(path, **hub_kwargs) -> dict[str, bool]:
+    """Every tensor name of the checkpoint -> whether it holds floating-point data; read from headers only."""
+    return {key: is_float for file in weight_files(path, **hub_kwargs) for key, is_float in _file_dtypes(file).items()}
+
+
+def index_lacks_metadata(path, **hub_kwargs) -> bool:
+    """A sharded checkpoint whose index has no ``metadata`` (transformers' own loader requires one)."""
+    index = _resolve(path, "model.safetensors.index.json", hub_kwargs)
+    if index is None:
+        return False
+    with open(index) as f:
+        return "metadata" not in json.load(f)
 
 
 def iter_checkpoint_tensors(path, **hub_kwargs) -> Iterator[tuple[str, torch.Tensor]]:
@@ -139,4 +155,5 @@ def load_state_dict(path, **hub_kwargs) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["CorruptCheckpointError", "MissingWeightsError", "WEIGHT_FILES", "check_safetensors_file",
-           "checkpoint_keys", "iter_checkpoint_tensors", "load_state_dict", "weight_files"]
+           "checkpoint_float_keys", "index_lacks_metadata", "iter_checkpoint_tensors", "load_state_dict",
+           "weight_files"]
