@@ -87,10 +87,10 @@ def run_kernel_tests(device: torch.device, dry_run: bool) -> dict:
 
 def build_lm(dry_run: bool, device: torch.device, dtype: torch.dtype):
     from zaya_vl.lm import ZayaLM
-    from zaya_vl.lm.presets import zaya1_8b_config
-    from zaya_vl.testing import TINY_LM, balance_routing_
+    from zaya_vl.lm.presets import lm_config
+    from zaya_vl.testing import balance_routing_
 
-    config = zaya1_8b_config(**(TINY_LM if dry_run else {}))
+    config = lm_config("test-tiny" if dry_run else "zaya1-8b")
     with device:  # initialised where it runs: an 8B random init on the host would take minutes
         model = ZayaLM(config)
     balance_routing_(model.eval(), torch.randint(3, config.vocab_size, (4, 64), device=device))
@@ -130,10 +130,9 @@ def measure_lm(model, device: torch.device, dry_run: bool, compile_config) -> di
 
 def build_vl(dry_run: bool, device: torch.device, dtype: torch.dtype):
     from zaya_vl import ZayaVL, ZayaVLConfig
-    from zaya_vl.lm.presets import zaya1_8b_config
-    from zaya_vl.testing import TINY_LM
+    from zaya_vl.lm.presets import lm_config
 
-    text = zaya1_8b_config(**(TINY_LM if dry_run else {}), vision_lora_rank_attn=16, vision_lora_rank_mlp=16)
+    text = lm_config("test-tiny" if dry_run else "zaya1-8b", vision_lora_rank_attn=16, vision_lora_rank_mlp=16)
     vision = {**(VISION_TINY if dry_run else VISION_8B), "out_hidden_size": text.hidden_size}
     with device:
         model = ZayaVL(ZayaVLConfig(text_config=text.to_dict(), vision_config=vision, **IMAGE_TOKENS))

@@ -25,16 +25,10 @@ import transformers
 
 from bench.common import finish, interleaved_times, peak_memory_bytes, print_rows
 from zaya_vl.lm import ZayaCache, ZayaLM
-from zaya_vl.lm.presets import zaya1_8b_config
+from zaya_vl.lm.presets import lm_size, zaya1_8b_config
 from zaya_vl.testing import balance_routing_, randomize_
 
-PRESETS = {
-    "tiny": dict(vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=16, moe_intermediate_size=64, num_experts=4, router_hidden_size=16),
-    "medium": dict(vocab_size=32000, hidden_size=512, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2,
-                   head_dim=128, moe_intermediate_size=512, num_experts=8, router_hidden_size=128),
-    "zaya1-8b": {},  # the released config (upstream ZayaConfig defaults)
-}
+PRESETS = {name: lm_size(name) for name in ("tiny", "medium", "zaya1-8b")}  # sizes from the one registry
 
 
 def build_models(preset: str, dtype: torch.dtype, device: torch.device, with_upstream: bool):

@@ -26,20 +26,16 @@ import transformers
 from bench.common import finish, interleaved_times, peak_memory_bytes, print_rows
 from bench.lm import PRESETS as LM_PRESETS
 from zaya_vl import ZayaVL, ZayaVLConfig
+from zaya_vl.lm.presets import vision_size
 from zaya_vl.testing import balance_routing_, image_prompt, randomize_
 
-VISION = {
-    "tiny": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2),
-    "medium": dict(depth=4, hidden_size=256, intermediate_size=1024, num_heads=4),
-}
-COMMON_VISION = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112)
+VISION = {name: vision_size(name) for name in ("tiny", "medium")}  # towers from the one registry
 IMAGE_TOKENS = dict(image_token_id=5, vision_start_token_id=6, vision_end_token_id=7)
 
 
 def build(preset: str, dtype: torch.dtype, device: torch.device):
     text = {**LM_PRESETS[preset], "vision_lora_rank_attn": 16, "vision_lora_rank_mlp": 16}
-    vision = {**COMMON_VISION, **VISION[preset], "out_hidden_size": text["hidden_size"],
-              "fullatt_block_indexes": [VISION[preset]["depth"] - 1]}
+    vision = {**VISION[preset], "out_hidden_size": text["hidden_size"]}
     with device:
         ours = ZayaVL(ZayaVLConfig(text_config=text, vision_config=vision, **IMAGE_TOKENS))
     randomize_(ours, seed=0, std=0.05)

@@ -10,21 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-TINY_LM = dict(
-    vocab_size=160,
-    hidden_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    moe_intermediate_size=32,
-    num_experts=4,
-    router_hidden_size=16,
-    max_position_embeddings=512,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-)
+from zaya_vl.lm.presets import lm_size, vision_size
+
+TINY_LM = lm_size("test-tiny")  # the registry's test size, as a dict for upstream and our config alike
 
 _IDENTITY_START = ("norm", "scale", "temp")
 
@@ -82,8 +70,7 @@ def balance_routing_(model: nn.Module, input_ids: torch.Tensor) -> nn.Module:
     return model
 
 
-TINY_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
-                   spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+TINY_VISION = vision_size("test-tiny")
 TINY_IMAGE_TOKENS = dict(image_token_id=150, vision_start_token_id=151, vision_end_token_id=152)
 
 
