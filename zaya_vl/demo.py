@@ -130,7 +130,8 @@ def _forget_stale_demo_run(output_dir: Path, identity: dict) -> None:
     anything else there is left to run_eval, which refuses to mix runs."""
     run_file = output_dir / "run.json"
     previous = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
-    if previous.get("config", {}).get("demo") and previous != identity:
+    # run.json holds more than the demo's identity (the eval pins its data too): compare what the demo wrote.
+    if previous.get("config", {}).get("demo") and {key: previous.get(key) for key in identity} != identity:
         print(f"\nthe model or eval data changed since the last demo run in {output_dir}: starting the eval over")
         for name in ["run.json", "results.json", "results.md", *(f"{task}/predictions.jsonl" for task in TASKS)]:
             (output_dir / name).unlink(missing_ok=True)

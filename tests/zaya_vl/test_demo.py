@@ -110,3 +110,14 @@ def test_a_demo_run_of_another_model_is_started_over_and_other_runs_are_left_alo
     (tmp_path / "run.json").write_text(json.dumps(other))
     _forget_stale_demo_run(tmp_path, stale)
     assert (tmp_path / "run.json").exists()
+
+
+def test_rerunning_the_demo_resumes_its_own_run(demo_inputs, tmp_path, capsys):
+    model, examples, eval_dir = demo_inputs
+    out = tmp_path / "demo"
+    run_demo(model, examples, eval_dir, out, limit=LIMIT, batch_size=2, max_new_tokens=6)
+    predictions = (out / "docvqa" / "predictions.jsonl").read_bytes()
+    capsys.readouterr()
+    run_demo(model, examples, eval_dir, out, limit=LIMIT, batch_size=2, max_new_tokens=6)
+    assert "starting the eval over" not in capsys.readouterr().out
+    assert (out / "docvqa" / "predictions.jsonl").read_bytes() == predictions
