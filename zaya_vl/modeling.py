@@ -174,15 +174,16 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
             config = ReferenceZayaVLConfig.from_pretrained(path, **hub_kwargs)
         if layout is NATIVE and not isinstance(config, ReferenceZayaVLConfig) and not (
                 path is not None and index_lacks_metadata(path, **hub_kwargs)):
-            model = super().from_pretrained(path, *args, config=config, **kwargs)
+            loaded = super().from_pretrained(path, *args, config=config, **kwargs)
         else:
-            model = cls._from_converted(path, layout, list(float_keys), config, *args, **kwargs)
+            loaded = cls._from_converted(path, layout, list(float_keys), config, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
         if path is not None:
             _check_loaded_weights(model, layout, float_keys, path)
             generation_config = _read_generation_config(path, hub_kwargs)
             if generation_config is not None:
                 model.generation_config = generation_config
-        return model
+        return loaded
 
     @classmethod
     def _from_converted(cls, path, layout, keys, config, *args, **kwargs):
