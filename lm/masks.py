@@ -1,6 +1,6 @@
 """The one attention-mask builder: padding + causal order + sliding window + image spans + documents.
 
-Every attention backend consumes what this returns (FlexAttention through ``to_block_mask``): a boolean mask (True = may attend) of shape
+Every attention backend but FlexAttention consumes what this returns: a boolean mask (True = may attend) of shape
 (batch or 1, 1, queries, keys), or ``None`` when plain causal attention (or none at all) is exact, so SDPA
 can take its fast ``is_causal`` path. Queries are the last ``query_length`` of the ``key_length`` keys.
 
@@ -10,6 +10,9 @@ can take its fast ``is_causal`` path. Queries are the last ``query_length`` of t
 - Documents (``segment_ids``): packed rows never attend across documents.
 - A padded query row would have nothing to attend to; it attends to itself so no NaN is produced (its
   output is never used, but a NaN would leak through the CCA convolution into real tokens).
+
+FlexAttention gets the same rules (``_may_attend``, shared with the dense builder) as a ``BlockMask`` from
+``to_block_mask``, evaluated per (query, key) pair on the per-token tensors.
 """
 
 from __future__ import annotations
@@ -37,46 +40,81 @@ def build_attention_mask(
             return None  # no mask (decode) or SDPA's is_causal (prefill from empty) is exact
 
     offset = key_length - query_length
-    query_pos = torch.arange(offset, key_length, device=device)[:, None]
-    key_pos = torch.arange(key_length, device=device)[None, :]
-    allowed = key_pos <= query_pos
-    if window_matters:
-        allowed = allowed & (query_pos - key_pos < sliding_window)
-    allowed = allowed[None, None]  # (1, 1, Q, K)
+    query_pos = torch.arange(offset, key_length, device=device)[:, None]  # (Q, 1)
+    key_pos = torch.arange(key_length, device=device)[None, :]  # (1, K)
 
-    if image_span_ids is not None:
-        query_span = image_span_ids[:, offset:, None]
-        same_image = (query_span > 0) & (query_span == image_span_ids[:, None, :])
-        allowed = allowed | same_image[:, None]
-    if segment_ids is not None:
-        same_document = segment_ids[:, offset:, None] == segment_ids[:, None, :]
-        allowed = allowed & same_document[:, None]
-    if padding_mask is not None:
-        padding_mask = padding_mask.bool()
-        allowed = allowed & padding_mask[:, None, None, :]
-        padded_query = ~padding_mask[:, offset:]
-        self_position = (query_pos == key_pos)[None, None]
-        allowed = allowed | (self_position & padded_query[:, None, :, None])
+    def per_query(ids):  # (b, K) -> (b, Q, 1)
+        return ids[:, offset:, None] if ids is not None else None
+
+    def per_key(ids):  # (b, K) -> (b, 1, K)
+        return ids[:, None, :] if ids is not None else None
+
+    padding_mask = padding_mask.bool() if padding_mask is not None else None
+    allowed = _may_attend(
+        query_pos, key_pos, sliding_window=sliding_window if window_matters else None,
+        query_real=per_query(padding_mask), key_real=per_key(padding_mask),
+        query_span=per_query(image_span_ids), key_span=per_key(image_span_ids),
+        query_segment=per_query(segment_ids), key_segment=per_key(segment_ids),
+    )
+    if allowed.dim() == 2:
+        allowed = allowed[None]  # no per-row input: one (Q, K) mask for every row
+    allowed = allowed[:, None]  # (b or 1, 1, Q, K)
     return allowed.expand(batch_size, -1, -1, -1) if allowed.shape[0] == 1 else allowed
 
 
-def to_block_mask(mask: torch.Tensor | None, *, query_length: int, key_length: int, device: torch.device):
-    """The same mask for FlexAttention, as a ``BlockMask``; ``None`` (plain causal) becomes its causal block mask."""
+def _may_attend(query_pos, key_pos, *, sliding_window, query_real, key_real, query_span, key_span, query_segment,
+                key_segment):
+    """The rules, written once, on anything that broadcasts: (Q, K) grids of positions with (b, Q, 1) / (b, 1, K)
+    per-token facts for the dense mask, or scalars for FlexAttention's ``mask_mod``. A per-token fact that is
+    ``None`` does not constrain."""
+    allowed = key_pos <= query_pos
+    if sliding_window is not None:
+        allowed = allowed & (query_pos - key_pos < sliding_window)
+    if query_span is not None:
+        allowed = allowed | ((query_span > 0) & (query_span == key_span))
+    if query_segment is not None:
+        allowed = allowed & (query_segment == key_segment)
+    if query_real is not None:
+        allowed = (allowed & key_real) | (~query_real & (query_pos == key_pos))
+    return allowed
+
+
+def to_block_mask(
+    *,
+    batch_size: int,
+    query_length: int,
+    key_length: int,
+    device: torch.device,
+    padding_mask: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    image_span_ids: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+):
+    """``build_attention_mask``'s mask (same arguments) as FlexAttention's ``BlockMask``. Its ``mask_mod`` applies
+    the same rules to the (batch, key_length) per-token tensors one (query, key) pair at a time, so no
+    (batch, queries, keys) tensor is ever built."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    if mask is None:
-        offset = key_length - query_length
+    offset = key_length - query_length
+    window = sliding_window if sliding_window is not None and key_length > sliding_window else None
+    padding_mask = padding_mask.bool() if padding_mask is not None else None
+    per_row = padding_mask is not None or image_span_ids is not None or segment_ids is not None
 
-        def mask_mod(b, h, q, k):
-            return k <= q + offset
+    def mask_mod(b, h, q, k):
+        query_pos = q + offset
 
-        return create_block_mask(mask_mod, None, None, query_length, key_length, device=device)
-    dense = mask[:, 0]
+        def at(ids, position):
+            return ids[b, position] if ids is not None else None
 
-    def mask_mod(b, h, q, k):  # noqa: F811 - one of the two definitions is used
-        return dense[b, q, k]
+        return _may_attend(
+            query_pos, k, sliding_window=window,
+            query_real=at(padding_mask, query_pos), key_real=at(padding_mask, k),
+            query_span=at(image_span_ids, query_pos), key_span=at(image_span_ids, k),
+            query_segment=at(segment_ids, query_pos), key_segment=at(segment_ids, k),
+        )
 
-    return create_block_mask(mask_mod, dense.shape[0], None, query_length, key_length, device=device)
+    return create_block_mask(mask_mod, batch_size if per_row else None, None, query_length, key_length,
+                             device=device)
 
 
 # How image tokens attend; text is always causal. Each mode is one reference's behaviour:

@@ -294,20 +294,21 @@ class ZayaLMModel(ZayaPreTrainedModel):
             previous = torch.nn.functional.pad(segment_ids, (1, 0), value=-1)[:, :-1]
             delayed_keep = previous == segment_ids
 
-        masks = {}
+        implementation = config._attn_implementation or "sdpa"
+        flex = implementation == "flex_attention" and seq > 1  # a decode step takes SDPA on the dense mask
+        masks, block_masks = {}, {}
         for layer_type in set(config.layer_types):
             sliding = layer_type == "hybrid_sliding"
-            masks[layer_type] = build_attention_mask(
+            rule = dict(
                 batch_size=batch, query_length=seq, key_length=key_length, device=device,
                 padding_mask=None if sliding and not config.sliding_window_masks_padding else padding_mask,
                 sliding_window=config.sliding_window if sliding else None,
                 image_span_ids=span_ids, segment_ids=segment_ids,
             )
-        implementation = config._attn_implementation or "sdpa"
-        block_masks = {}
-        if implementation == "flex_attention" and seq > 1:
-            block_masks = {layer_type: to_block_mask(mask, query_length=seq, key_length=key_length, device=device)
-                           for layer_type, mask in masks.items()}
+            # FlexAttention evaluates the rules per (query, key) pair: no dense mask is built for it.
+            masks[layer_type] = None if flex else build_attention_mask(**rule)
+            if flex:
+                block_masks[layer_type] = to_block_mask(**rule)
         return ForwardContext(
             rotary=self.rotary_emb(position_ids, inputs_embeds.dtype),
             attention_masks=masks,

@@ -58,3 +58,64 @@ def test_image_spans_are_numbered_per_run():
 def test_plain_causal_returns_no_mask_so_sdpa_takes_its_fast_path():
     assert build_attention_mask(batch_size=3, query_length=7, key_length=7, device=torch.device("cpu")) is None
     assert build_attention_mask(batch_size=3, query_length=1, key_length=9, device=torch.device("cpu")) is None
+
+
+def _closure_tensors(fn):
+    """Every tensor a function reaches through its closure (nested functions included)."""
+    found, stack = [], [fn]
+    while stack:
+        for cell in stack.pop().__closure__ or ():
+            value = cell.cell_contents
+            if isinstance(value, torch.Tensor):
+                found.append(value)
+            elif callable(value) and getattr(value, "__closure__", None):
+                stack.append(value)
+    return found
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_block_mask_matches_the_dense_mask_without_a_dense_tensor(seed):
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    from zaya_vl.lm.masks import to_block_mask
+
+    generator = torch.Generator().manual_seed(seed)
+    batch, keys = 3, 150  # over one 128-token block, so partial and full blocks both occur
+    past = [0, 0, 37][seed % 3]
+    queries = keys - past
+
+    def draw(high):
+        return int(torch.randint(high, (), generator=generator))
+
+    padding = torch.ones(batch, keys, dtype=torch.bool)
+    for row in range(batch):
+        padding[row, : draw(40)] = False  # left padding of random length (possibly none)
+    image_mask = torch.rand(batch, keys, generator=generator) < 0.3
+    image_mask[:, :past] = False  # spans live in the current chunk only
+    spans = image_span_ids_from_mask(image_mask)
+    segments = None if past else torch.sort(torch.randint(3, (batch, keys), generator=generator), dim=1).values
+    window = [None, 5, 64][draw(3)]
+    kwargs = dict(batch_size=batch, query_length=queries, key_length=keys, device=torch.device("cpu"),
+                  padding_mask=padding if draw(4) else None, sliding_window=window,
+                  image_span_ids=spans if draw(4) else None, segment_ids=segments if draw(2) else None)
+
+    block_mask = to_block_mask(**kwargs)
+    dense = build_attention_mask(**kwargs)
+    if dense is None:
+        dense = torch.ones(queries, keys, dtype=torch.bool).tril(diagonal=past).expand(batch, 1, -1, -1)
+    grid = torch.zeros(batch, queries, keys, dtype=torch.bool)  # the mask_mod evaluated pair by pair
+    q_index = torch.arange(queries)[:, None].expand(queries, keys)
+    k_index = torch.arange(keys)[None, :].expand(queries, keys)
+    for b in range(batch):
+        grid[b] = block_mask.mask_mod(torch.tensor(b), torch.tensor(0), q_index, k_index)
+    assert torch.equal(grid, dense[:, 0])
+    # The block-sparse summary agrees: a block is skipped exactly when the dense mask is all False there.
+    materialised = block_mask.to_dense()  # (b or 1, 1, Q blocks, K blocks)
+    size = block_mask.BLOCK_SIZE
+    for b in range(batch):
+        for qb in range(materialised.shape[2]):
+            for kb in range(materialised.shape[3]):
+                any_allowed = bool(dense[b, 0, qb * size[0]:(qb + 1) * size[0], kb * size[1]:(kb + 1) * size[1]].any())
+                assert bool(materialised[min(b, materialised.shape[0] - 1), 0, qb, kb]) == any_allowed
+    # Nothing of size batch x queries x keys hides behind the mask_mod: only per-token tensors.
+    captured = _closure_tensors(block_mask.mask_mod)
+    assert all(tensor.numel() <= batch * keys for tensor in captured), [tensor.shape for tensor in captured]
