@@ -80,12 +80,16 @@ class Layout:
                 return found
         raise LayoutKeyError(f"{key}: no rule of the {self.name!r} layout maps this key")
 
+    @cached_property
+    def _inverse_rules(self) -> tuple[KeyRule, ...]:
+        if not all(rule.invertible for rule in self.rules):
+            raise ValueError(f"The {self.name!r} layout cannot be written (its keys are not plain renames).")
+        return tuple(KeyRule(rule.target, rule.source) for rule in self.rules)
+
     def checkpoint_name(self, native: str) -> str:
         """The inverse of :meth:`native_name` for renaming-only layouts (used to save in this layout)."""
-        for rule in self.rules:
-            if not rule.invertible:
-                raise ValueError(f"The {self.name!r} layout cannot be written (its keys are not plain renames).")
-            found = KeyRule(rule.target, rule.source).apply(native, 0)
+        for rule in self._inverse_rules:
+            found = rule.apply(native, 0)
             if found is not None:
                 return found[0]
         raise LayoutKeyError(f"{native}: no rule of the {self.name!r} layout writes this key")

@@ -200,7 +200,7 @@ class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
         else:
             native = config.to_native(**overrides)
         text = native.text_config
-        _raise_if_unmapped(path, keys, text.num_hidden_layers)
+        _raise_if_unmapped(path, layout, keys, text.num_hidden_layers)
         state_dict = dict(to_native(iter_checkpoint_tensors(path, **hub_kwargs), layout, text.num_hidden_layers,
                                     text.num_experts))
         for key in _HUB_KWARGS:
@@ -251,9 +251,8 @@ def _check_loaded_weights(model, layout, float_keys: dict[str, bool], path) -> N
             raise CorruptCheckpointError(f"{path}: {name} holds NaN or infinite values.")
 
 
-def _raise_if_unmapped(path, keys, num_layers: int) -> None:
+def _raise_if_unmapped(path, layout, keys, num_layers: int) -> None:
     """Every checkpoint key must map under its layout; otherwise say, per layout, which keys did not."""
-    layout = detect_layout(keys)
     if not unmapped_keys(layout, keys, num_layers):
         return
     report = "; ".join(f"{candidate.name}: {', '.join(unmapped_keys(candidate, keys, num_layers)) or 'all map'}"
