@@ -5,11 +5,12 @@ mixed over the last few tokens by a causal depthwise conv followed by a grouped 
 residual mean of q and k; values are half a projection of the current token and half a projection of the
 previous one. See https://huggingface.co/papers/2510.04476.
 
-The four projections run as one GEMM. Prefill applies the two convolutions as defined. For a decode step
-(and packed documents, whose window taps in another document must be zeroed) the two linear convolutions are
-folded into one grouped kernel over a window of ``conv_window + 1`` tokens, applied with one ``bmm`` on an
-``unfold`` view. The decode state is the last ``conv_window`` raw q|k rows and the last token's delayed value
-projection.
+The four projections run as one GEMM. ``CCAProjection.mix`` is the one place that chooses how the q|k mixing
+runs: the Triton kernel (conv, bias and residual means fused), the two convolutions as the checkpoint defines
+them (prefill), or both folded into one grouped kernel over explicit windows of ``conv_window + 1`` tokens and
+applied with one ``bmm`` (a decode step, and packed documents, whose taps in another document must be zeroed).
+The per-sequence state is the last ``conv_window`` raw q|k rows and the last token's delayed value projection.
+The vLLM plugin (``zaya_vl.vllm.cca``) runs this same class with its state in vLLM's cache.
 """
 
 from __future__ import annotations
@@ -22,13 +23,26 @@ from torch import nn
 from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lm.derived import DerivedTensors
 from zaya_vl.lm.kernels import few_rows
-from zaya_vl.lm.kernels.dispatch import DECODE_MAX_TOKENS, cca_decode_conv, cca_prefill_conv, kernel_backend
+from zaya_vl.lm.kernels.dispatch import DECODE_MAX_TOKENS, cca_conv, kernel_backend, use_triton
 from zaya_vl.lora.gated import GatedLoRA
 
 
 # Adapter name -> the projection it adapts. Adapter names deliberately differ from the projections' names, so
 # name-based tools (PEFT's target_modules) can address the base projections without matching the adapters.
 ADAPTED_PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v_current": "v_proj_current", "v_delayed": "v_proj_delayed"}
+
+
+def residual_means(qk: torch.Tensor, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """CCA's residual path from raw q|k rows (..., channels): for each query head the mean of it and its key
+    head, for each key head the mean of those over its query group; laid out as q|k."""
+    lead = qk.shape[:-1]
+    head_dim = qk.shape[-1] // (num_heads + num_kv_heads)
+    query_width = num_heads * head_dim
+    q = qk[..., :query_width].reshape(*lead, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    k = qk[..., query_width:].reshape(*lead, num_kv_heads, 1, head_dim)
+    query_residual = (q + k) * 0.5
+    key_residual = query_residual.mean(dim=-2)
+    return torch.cat([query_residual.reshape(*lead, -1), key_residual.reshape(*lead, -1)], dim=-1)
 
 
 def _weights_and_biases(*modules: nn.Module) -> list[torch.Tensor]:
@@ -40,12 +54,14 @@ def _weights_and_biases(*modules: nn.Module) -> list[torch.Tensor]:
 class CCAProjection(nn.Module):
     """Parameter names follow upstream ``ZayaCCAProjection`` so its checkpoints load unchanged."""
 
+    # Whether ``project`` runs the four projections as one GEMM on a concatenated (memoised) weight.
+    fuse_projections = True
+
     def __init__(self, config: ZayaLMConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.hidden_size, self.head_dim = config.hidden_size, config.head_dim
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.kv_groups = self.num_heads // self.num_kv_heads
         self.window = config.conv_window
         query_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.query_width = query_width
@@ -66,6 +82,8 @@ class CCAProjection(nn.Module):
              for adapter, projection in ADAPTED_PROJECTIONS.items()}
         ) if rank > 0 else None
         self.value_width = kv_width // 2
+        # Which token's image mask gates the delayed value's LoRA: the token that reads it ("current_token",
+        # Zyphra's release) or the token whose projection it is ("previous_token", the upstream port).
         self.delayed_gate = config.vision_lora_delayed_gate
         self._derived = DerivedTensors()
 
@@ -102,66 +120,32 @@ class CCAProjection(nn.Module):
 
         return self._derived.get("conv", _weights_and_biases(depthwise, grouped), build)
 
-    def _conv_kernel(self, layout: str) -> torch.Tensor:
+    def _bmm_kernel(self) -> torch.Tensor:
         """The folded kernel laid out for ``bmm``: (groups, in·taps, out)."""
-        depthwise, grouped = self.conv_qk_depthwise, self.conv_qk_grouped
-
         def build():
             kernel, _ = self.folded_conv()
             groups, out, inputs, taps = kernel.shape
             return kernel.permute(0, 2, 3, 1).reshape(groups, inputs * taps, out).contiguous()
 
-        return self._derived.get(layout, _weights_and_biases(depthwise, grouped), build)
+        return self._derived.get("bmm", _weights_and_biases(self.conv_qk_depthwise, self.conv_qk_grouped), build)
 
     def warm_derived(self) -> None:
         """Build the decode step's derived tensors now, so that a compiled step reuses them (see ``derived``)."""
-        if self._plain(self.q_proj, self.k_proj, self.v_proj_current, self.v_proj_delayed):
+        if self.fuse_projections and self._plain(self.q_proj, self.k_proj, self.v_proj_current, self.v_proj_delayed):
             self.fused_projection()
         if self._plain(self.conv_qk_depthwise, self.conv_qk_grouped):
-            self.folded_conv()
-            self._conv_kernel("bmm")
-
-    def convolve(self, qk: torch.Tensor, history: torch.Tensor,
-                 window_keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Causal conv of raw q|k rows (batch, seq, channels) preceded by ``history`` (batch, window, channels);
-        also returns the padded input (history then q|k), whose tail is the next conv state."""
-        batch, seq, channels = qk.shape
-        if window_keep is None and seq > 1:
-            # Prefill: the two convolutions as the checkpoint defines them (oneDNN on CPU), on a contiguous
-            # channels-first copy. Folding them would save an op but cost more FLOPs here: the grouped conv
-            # would need all window+1 taps.
-            padded = torch.cat([history.to(qk.dtype), qk], dim=1)
-            channels_first = padded.transpose(1, 2).contiguous()
-            return self.conv_qk_grouped(self.conv_qk_depthwise(channels_first)).transpose(1, 2), padded
-        padded = torch.cat([history.to(qk.dtype), qk], dim=1)
-        if not self._plain(self.conv_qk_depthwise, self.conv_qk_grouped):
-            # Wrapped convolutions (e.g. PEFT adapters on them) run as modules over each step's window.
-            if window_keep is not None:
-                raise NotImplementedError("packed documents (segment_ids) with wrapped CCA convolutions")
-            windows = padded.unfold(1, self.window + 1, 1).reshape(batch * seq, channels, self.window + 1)
-            return self.conv_qk_grouped(self.conv_qk_depthwise(windows)).reshape(batch, seq, channels), padded
-        # Decode and packed documents: explicit windows, so taps from another document can be zeroed.
-        windows = padded.unfold(1, self.window + 1, 1)                               # (b, seq, ch, taps)
-        if window_keep is not None:
-            windows = windows * window_keep[:, :, None, :].to(qk.dtype)
-        windows = windows.reshape(batch * seq, self.conv_groups, -1).transpose(0, 1)  # (g, b·seq, in·taps)
-        rows = windows.shape[1]
-        if rows == 1 and torch.compiler.is_compiling() and windows.device.type == "cpu":
-            # Inductor turns a one-row CPU bmm into a multiply-and-sum whose reduction strides across the kernel
-            # (measured ~25 ms of a 40 ms medium decode step); two rows keep it a GEMM.
-            windows = windows.expand(-1, 2, -1)
-        mixed = torch.bmm(windows, self._conv_kernel("bmm").to(qk.dtype))[:, :rows].transpose(0, 1)  # (b·seq, g, out)
-        return mixed.reshape(batch, seq, channels) + self.folded_conv()[1].to(qk.dtype), padded
+            self._bmm_kernel()
 
     @staticmethod
     def _plain(*modules: nn.Module) -> bool:
         """True when the modules are the plain layers we fuse; PEFT (or any wrapper) must run as modules."""
         return all(type(m) in (nn.Linear, nn.Conv1d) for m in modules)
 
+    # -- the math ---------------------------------------------------------------------------------------
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw q|k, v_current, and this token's delayed-value projection (the next token's delayed value)."""
         projections = (self.q_proj, self.k_proj, self.v_proj_current, self.v_proj_delayed)
-        if not self._plain(*projections):
+        if not (self.fuse_projections and self._plain(*projections)):
             q, k, value_current, value_next = (projection(x) for projection in projections)
             return torch.cat([q, k], dim=-1), value_current, value_next
         weight, bias = self.fused_projection()
@@ -169,6 +153,60 @@ class CCAProjection(nn.Module):
         # q and k are adjacent in the fused output: q|k is a view, no copy.
         return projected.split([self.query_width + self.k_proj.out_features, self.value_width, self.value_width],
                                dim=-1)
+
+    def mix(self, qk: torch.Tensor, history: torch.Tensor, window_keep: torch.Tensor | None = None, *,
+            shift_in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query then key heads, flattened (batch, seq, channels): the causal conv of raw q|k rows ``qk``
+        that follow ``history`` (batch, window, channels), plus bias and the residual means; and the next conv
+        state (the last ``window`` rows of history then q|k).
+
+        ``window_keep`` (batch, seq, window + 1) zeroes conv taps in another packed document. With
+        ``shift_in_place``, ``history`` is the cache's own buffer, which the decode kernel may shift where it
+        lives; the state returned is then ``history`` itself.
+        """
+        seq = qk.shape[1]
+        plain_conv = self._plain(self.conv_qk_depthwise, self.conv_qk_grouped)
+        if window_keep is None and plain_conv and kernel_backend(qk.device, qk.dtype) == "triton":
+            kernel, bias = self.folded_conv()
+            if use_triton(qk, kernel, bias):  # not when autograd must differentiate: the kernel has no backward
+                in_place = shift_in_place and seq <= DECODE_MAX_TOKENS
+                mixed = cca_conv(qk, history, kernel, bias, self.num_heads, self.num_kv_heads, update_state=in_place)
+                return mixed, history if in_place else torch.cat([history.to(qk.dtype), qk], dim=1)[:, seq:]
+        padded = torch.cat([history.to(qk.dtype), qk], dim=1)
+        if window_keep is None and (seq > 1 or not plain_conv):
+            # The two convolutions as the checkpoint defines them (oneDNN on CPU), on a contiguous channels-first
+            # copy. Folding them would save an op but cost more FLOPs over a long chunk: the grouped conv would
+            # need all window + 1 taps. Wrapped convolutions (e.g. PEFT adapters on them) always run as modules.
+            channels_first = padded.transpose(1, 2).contiguous()
+            conv = self.conv_qk_grouped(self.conv_qk_depthwise(channels_first)).transpose(1, 2)
+        elif plain_conv:
+            conv = self._folded_windows(padded, window_keep)
+        else:
+            raise NotImplementedError("packed documents (segment_ids) with wrapped CCA convolutions")
+        return conv + residual_means(qk, self.num_heads, self.num_kv_heads), padded[:, seq:]
+
+    def _folded_windows(self, padded: torch.Tensor, window_keep: torch.Tensor | None) -> torch.Tensor:
+        """Both convolutions as the folded kernel over explicit windows of ``padded`` (history then q|k): one
+        ``bmm`` for a decode step, and taps in another document can be zeroed."""
+        batch, length, channels = padded.shape
+        seq = length - self.window
+        windows = padded.unfold(1, self.window + 1, 1)                               # (b, seq, ch, taps)
+        if window_keep is not None:
+            windows = windows * window_keep[:, :, None, :].to(padded.dtype)
+        windows = windows.reshape(batch * seq, self.conv_groups, -1).transpose(0, 1)  # (g, b·seq, in·taps)
+        rows = windows.shape[1]
+        if rows == 1 and torch.compiler.is_compiling() and windows.device.type == "cpu":
+            # Inductor turns a one-row CPU bmm into a multiply-and-sum whose reduction strides across the kernel
+            # (measured ~25 ms of a 40 ms medium decode step); two rows keep it a GEMM.
+            windows = windows.expand(-1, 2, -1)
+        mixed = torch.bmm(windows, self._bmm_kernel().to(padded.dtype))[:, :rows].transpose(0, 1)  # (b·seq, g, out)
+        return mixed.reshape(batch, seq, channels) + self.folded_conv()[1].to(padded.dtype)
+
+    def start_value(self, like: torch.Tensor) -> torch.Tensor:
+        """The delayed value before a sequence's first token (value_width,): the projection of a zero input, i.e.
+        its bias, as the reference pads."""
+        bias = self.v_proj_delayed.bias
+        return bias.to(like.dtype) if bias is not None else like.new_zeros(self.value_width)
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, ctx) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,63 +230,36 @@ class CCAProjection(nn.Module):
             value_current = adapters["v_current"].add_to(value_current, x, image_rows)
             if self.delayed_gate == "previous_token":  # the LoRA travels with the token's own delayed projection
                 value_next = adapters["v_delayed"].add_to(value_next, x, image_rows)
-        q, k = qk[..., : self.query_width], qk[..., self.query_width:]
 
-        # Conv over raw q|k: history is the cached window, or zeros (the reference's left zero padding).
+        # Padding rows are the projection of a zero input: with biases, zero them too, so that they are what the
+        # reference's left zero padding is to the conv window. History: the cached window, or that zero padding.
         if ctx.token_mask is not None and self.q_proj.bias is not None:
             qk = qk * ctx.token_mask[..., None].to(qk.dtype)
-        history = cache.conv_states[self.layer_idx] if cache is not None else None
-        if history is None:
-            history = qk.new_zeros(batch, self.window, qk.shape[-1])
-        fused = (ctx.window_keep is None and self._plain(self.conv_qk_depthwise, self.conv_qk_grouped)
-                 and kernel_backend(qk.device, qk.dtype) == "triton")
-        state_in_place = fused and cache is not None and seq <= DECODE_MAX_TOKENS
-        if fused:
-            # One kernel: conv + bias + the residual means; a decode step also shifts the cached window in place.
-            mix = cca_decode_conv if state_in_place else cca_prefill_conv
-            mixed = mix(qk, history, *self.folded_conv(), self.num_heads, self.num_kv_heads)
-        else:
-            mixed, padded = self.convolve(qk, history, ctx.window_keep)
-            # Residual path: the mean of each query head and its key head, and its mean over the key head's group.
-            q5 = q.reshape(batch, seq, self.num_kv_heads, self.kv_groups, self.head_dim)
-            k4 = k.reshape(batch, seq, self.num_kv_heads, self.head_dim)
-            query_residual = (q5 + k4[:, :, :, None]) * 0.5
-            key_residual = query_residual.mean(dim=3)
-            residuals = [query_residual.reshape(batch, seq, -1), key_residual.reshape(batch, seq, -1)]
-            mixed = mixed + torch.cat(residuals, dim=-1)
+        history = cache.conv_states[self.layer_idx] if cache is not None else qk.new_zeros(batch, self.window,
+                                                                                             qk.shape[-1])
+        mixed, conv_state = self.mix(qk, history, ctx.window_keep, shift_in_place=cache is not None)
         heads = mixed.view(batch, seq, self.num_heads + self.num_kv_heads, self.head_dim)
 
-        # Values: the current token's projection, and the previous token's delayed projection — before the
-        # first token that is the projection of a zero input (its bias), as the reference pads.
-        resuming = ctx.resuming
-        first = (cache.delayed_values[self.layer_idx][:, None].to(x.dtype) if resuming
-                 else self._start_value(value_next, batch))
+        # Values: the current token's projection, and the previous token's delayed projection.
+        start = self.start_value(value_next).expand(batch, 1, self.value_width)
+        first = cache.delayed_values[self.layer_idx][:, None].to(x.dtype) if ctx.resuming else start
         value_delayed = first if seq == 1 else torch.cat([first, value_next[:, :-1]], dim=1)
         if ctx.delayed_keep is not None:  # packed documents (never resuming from a cache)
-            value_delayed = torch.where(ctx.delayed_keep[..., None], value_delayed,
-                                        self._start_value(value_next, batch))
+            value_delayed = torch.where(ctx.delayed_keep[..., None], value_delayed, start)
         next_adapter_input = None
         if self.vision_adapters is not None and self.delayed_gate == "current_token":
             value_delayed, next_adapter_input = self._delayed_adapter(x, value_delayed, ctx, image_rows)
-
         value = torch.cat([value_current, value_delayed], dim=-1).view(batch, seq, self.num_kv_heads, self.head_dim)
+
         if cache is not None:
             # Written into the cache's own buffers (``value_delayed`` may view them, so after the cat above):
             # storing slices instead would keep this chunk's whole projections alive as long as the cache.
-            if fused and not state_in_place:  # the prefill kernel does not build the padded input
-                padded = torch.cat([history.to(qk.dtype), qk], 1)
-            if not state_in_place:  # else the decode kernel has shifted it
-                cache.conv_states[self.layer_idx].copy_(padded[:, seq:])
+            if conv_state is not history:  # else the decode kernel has shifted it in place
+                history.copy_(conv_state)
             cache.delayed_values[self.layer_idx].copy_(value_next[:, -1])
             if next_adapter_input is not None:
                 cache.delayed_adapter_inputs[self.layer_idx].copy_(next_adapter_input)
         return heads, value
-
-    def _start_value(self, value_next: torch.Tensor, batch: int) -> torch.Tensor:
-        """The delayed value before a sequence's first token: the projection of a zero input, i.e. its bias."""
-        bias = self.v_proj_delayed.bias
-        start = bias.to(value_next.dtype) if bias is not None else value_next.new_zeros(self.value_width)
-        return start.expand(batch, 1, self.value_width)
 
     def _delayed_adapter(self, x, value_delayed, ctx, image_rows):
         """The gated LoRA of the delayed value: ``mask_t · B·A·x_{t-1}`` (the *current* token's mask, as the
@@ -266,8 +277,6 @@ class CCAProjection(nn.Module):
             flat = value_delayed.reshape(-1, value_delayed.shape[-1]).index_add(0, image_rows, delta)
             value_delayed = flat.view_as(value_delayed)
         return value_delayed, shrunk[:, -1]
-
-
 class QKNorm(nn.Module):
     """L2-normalise each query and key head to norm √head_dim; key heads also get a learned per-KV-head
     temperature."""

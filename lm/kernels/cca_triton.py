@@ -1,4 +1,4 @@
-"""Triton kernel for the CCA q|k mixing; torch reference in ``cca_reference.py`` (imported only when Triton is).
+"""Triton kernel for the CCA q|k mixing of ``CCAProjection.mix`` (imported only when Triton is).
 
 One program per (sequence, token tile, conv group). A conv group is one head, so everything after the conv
 is local to the program: the folded causal conv over ``window + 1`` taps (one ``dot`` per tap, rows before the
@@ -81,7 +81,8 @@ def _cca_conv(qk_ptr, state_ptr, kernel_ptr, bias_ptr, out_ptr,
 def cca_conv(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
              num_heads: int, num_kv_heads: int, *, update_state: bool = False,
              block_s: int | None = None) -> torch.Tensor:
-    """``cca_conv_reference`` in one kernel. ``update_state`` needs every new token in one tile (decode)."""
+    """``CCAProjection.mix`` without document cuts, in one kernel. ``update_state`` needs every new token in one
+    tile (decode)."""
     batch, seq, channels = qk.shape
     groups, head_dim, _, taps = kernel.shape
     window = taps - 1

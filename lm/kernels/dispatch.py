@@ -19,7 +19,6 @@ from functools import lru_cache
 
 import torch
 
-from zaya_vl.lm.kernels.cca_reference import cca_conv_reference
 from zaya_vl.lm.kernels.grouped import (ExpertLoRA, expert_mlp_tokens_reference, grouped_linear_reference,
                                         grouped_mm_supported, grouped_swiglu_reference)
 
@@ -68,7 +67,7 @@ def kernel_backend(device: torch.device | str, dtype: torch.dtype) -> str:
     return "torch"
 
 
-def _use_triton(*tensors: torch.Tensor | None) -> bool:
+def use_triton(*tensors: torch.Tensor | None) -> bool:
     present = [t for t in tensors if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in present):
         return False
@@ -82,7 +81,7 @@ def _lora_tensors(lora: ExpertLoRA | None) -> tuple:
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
                    lora: ExpertLoRA | None = None) -> torch.Tensor:
     """Rows of ``x`` sorted by expert through ``weight[e]`` (+ the vision LoRA on the image rows)."""
-    if _use_triton(x, weight, *_lora_tensors(lora)):
+    if use_triton(x, weight, *_lora_tensors(lora)):
         return _triton_modules()[0].grouped_gemm(x, weight, offsets, lora)
     return grouped_linear_reference(x, weight, offsets, lora)
 
@@ -90,33 +89,24 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
 def grouped_swiglu(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
                    lora: ExpertLoRA | None = None) -> torch.Tensor:
     """``silu(gate) * up`` of the grouped gate_up projection (+ LoRA on the image rows, before the activation)."""
-    if _use_triton(x, weight, *_lora_tensors(lora)):
+    if use_triton(x, weight, *_lora_tensors(lora)):
         return _triton_modules()[0].grouped_gemm(x, weight, offsets, lora, swiglu=True)
     return grouped_swiglu_reference(x, weight, offsets, lora)
 
 
 def expert_mlp_tokens(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
     """A few unsorted tokens through their experts' MLPs (skip-routed: zeros)."""
-    if _use_triton(x, gate_up, down):
+    if use_triton(x, gate_up, down):
         return _triton_modules()[0].expert_mlp_tokens(x, gate_up, down, expert)
     return expert_mlp_tokens_reference(x, gate_up, down, expert)
 
 
-def cca_decode_conv(qk: torch.Tensor, state: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
-                    num_heads: int, num_kv_heads: int) -> torch.Tensor:
-    """CCA conv + bias + residual means of a decode step's raw q|k; shifts ``state`` in place."""
-    if qk.shape[1] <= DECODE_MAX_TOKENS and _use_triton(qk, kernel, bias):
-        return _triton_modules()[1].cca_conv(qk, state, kernel, bias, num_heads, num_kv_heads, update_state=True)
-    return cca_conv_reference(qk, state, kernel, bias, num_heads, num_kv_heads, update_state=True)
-
-
-def cca_prefill_conv(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
-                     num_heads: int, num_kv_heads: int) -> torch.Tensor:
-    """CCA conv + bias + residual means over a chunk (``history``: the rows before it, not updated)."""
-    if _use_triton(qk, kernel, bias):
-        return _triton_modules()[1].cca_conv(qk, history, kernel, bias, num_heads, num_kv_heads)
-    return cca_conv_reference(qk, history, kernel, bias, num_heads, num_kv_heads)
+def cca_conv(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
+             num_heads: int, num_kv_heads: int, *, update_state: bool = False) -> torch.Tensor:
+    """The Triton kernel for CCA's conv + bias + residual means of raw q|k; ``update_state`` shifts ``history``
+    in place. Callers check ``use_triton`` first: the torch path is ``CCAProjection.mix``'s own."""
+    return _triton_modules()[1].cca_conv(qk, history, kernel, bias, num_heads, num_kv_heads, update_state=update_state)
 
 
 __all__ = ["DECODE_MAX_TOKENS", "ExpertLoRA", "kernel_backend", "grouped_mm_supported", "grouped_linear", "grouped_swiglu",
-           "expert_mlp_tokens", "cca_decode_conv", "cca_prefill_conv"]
+           "expert_mlp_tokens", "cca_conv", "use_triton"]

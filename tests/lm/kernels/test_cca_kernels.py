@@ -1,12 +1,11 @@
 """The CCA Triton kernel (cca_triton.py) against ``CCAProjection`` itself (torch path), for
-prefill, chunked prefill and decode with the in-place state update; and the torch reference against them."""
+prefill, chunked prefill and decode with the in-place state update."""
 
 import pytest
 import torch
 
 from zaya_vl.lm.cache import ZayaCache
 from zaya_vl.lm.cca import CCAProjection
-from zaya_vl.lm.kernels.cca_reference import cca_conv_reference
 from zaya_vl.lm.modeling import ForwardContext
 from zaya_vl.testing import randomize_, tiny_lm_config
 
@@ -94,23 +93,6 @@ def test_chunked_prefill_reads_the_history(dtype, device, assert_close, monkeypa
     qk, _, _, expected = _torch_step(proj, torch.randn(1, 19, cfg.hidden_size, device=device, dtype=dtype), cache)
     out = _cca_conv()(qk, history, *proj.folded_conv(), cfg.num_attention_heads, cfg.num_key_value_heads, block_s=16)
     assert_close(out, expected, dtype)
-
-
-@pytest.mark.parametrize("config", sorted(CONFIGS))
-@torch.no_grad()
-def test_torch_reference_matches_cca_projection(config, device, monkeypatch):
-    """The reference the dispatch falls back to is CCAProjection's math (prefill, decode in place)."""
-    monkeypatch.setenv("ZAYA_VL_KERNELS", "torch")
-    cfg, proj = _layer(config, torch.float32, device)
-    heads = (cfg.num_attention_heads, cfg.num_key_value_heads)
-    cache = ZayaCache(cfg, batch_size=2, device=device)
-    qk, query, key, expected = _torch_step(proj, torch.randn(2, 9, cfg.hidden_size, device=device), cache)
-    history = qk.new_zeros(2, cfg.conv_window, qk.shape[-1])
-    torch.testing.assert_close(cca_conv_reference(qk, history, *proj.folded_conv(), *heads), expected)
-    state = cache.conv_states[0].clone()
-    qk, _, _, expected = _torch_step(proj, torch.randn(2, 3, cfg.hidden_size, device=device), cache)
-    torch.testing.assert_close(cca_conv_reference(qk, state, *proj.folded_conv(), *heads, update_state=True), expected)
-    torch.testing.assert_close(state, cache.conv_states[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
