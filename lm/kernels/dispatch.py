@@ -68,6 +68,8 @@ def kernel_backend(device: torch.device | str, dtype: torch.dtype) -> str:
 
 
 def use_triton(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call on these tensors runs the Triton kernel: the backend says so and autograd need not
+    differentiate it (the kernels have no backward)."""
     present = [t for t in tensors if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in present):
         return False
@@ -108,5 +110,5 @@ def cca_conv(qk: torch.Tensor, history: torch.Tensor, kernel: torch.Tensor, bias
     return _triton_modules()[1].cca_conv(qk, history, kernel, bias, num_heads, num_kv_heads, update_state=update_state)
 
 
-__all__ = ["DECODE_MAX_TOKENS", "ExpertLoRA", "kernel_backend", "grouped_mm_supported", "grouped_linear", "grouped_swiglu",
-           "expert_mlp_tokens", "cca_conv", "use_triton"]
+__all__ = ["DECODE_MAX_TOKENS", "ExpertLoRA", "kernel_backend", "use_triton", "grouped_mm_supported", "grouped_linear",
+           "grouped_swiglu", "expert_mlp_tokens", "cca_conv"]
