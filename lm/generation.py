@@ -25,6 +25,20 @@ from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast
 class ZayaGenerationMixin(GenerationMixin):
     _is_stateful = True
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        # Models list ``PreTrainedModel`` (through their pretrained base) before this mixin, and transformers
+        # defines some of the same names there (``get_compiled_call``, ``_default_compile_config``,
+        # ``_is_stateful``, the embedding accessors): left alone, theirs would win and the compiled decode step
+        # would run with transformers' defaults (no fullgraph, our derived weights rebuilt inside every step).
+        # Bind ours wherever the class would otherwise take a transformers definition.
+        super().__init_subclass__(**kwargs)
+        for name, value in ZayaGenerationMixin.__dict__.items():
+            if name.startswith("__"):
+                continue
+            owner = next(c for c in cls.__mro__ if name in c.__dict__)
+            if owner is not ZayaGenerationMixin and owner.__module__.startswith("transformers."):
+                setattr(cls, name, value)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
@@ -89,7 +103,11 @@ class ZayaGenerationMixin(GenerationMixin):
             for module in self.modules():
                 if hasattr(module, "warm_derived"):
                     module.warm_derived()
-        compiled = super().get_compiled_call(compile_config)
+        compile_config = compile_config or self._default_compile_config()
+        if getattr(self, "_compiled_call", None) is None or self._last_compile_config != compile_config:
+            self._last_compile_config = compile_config  # the names transformers' own version uses
+            self._compiled_call = torch.compile(self.__call__, **compile_config.to_dict())
+        compiled = self._compiled_call
 
         def step(**inputs):
             cache = inputs.get("cache")
