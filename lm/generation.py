@@ -63,7 +63,7 @@ class ZayaGenerationMixin(GenerationMixin):
                                   chunk_size=loss_chunk_size, segment_ids=segment_ids)
         if labels is None or return_logits:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = few_rows.linear(hidden[:, keep], self.lm_head.weight, self.lm_head.bias)
+            logits = few_rows.head_linear(hidden[:, keep], self.lm_head.weight, self.lm_head.bias)
         return output_class(loss=loss, logits=logits, cache=outputs.cache, routings=outputs.routings, **fields)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
