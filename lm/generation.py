@@ -6,8 +6,9 @@ or with ``cache_implementation="static"`` a ``StaticZayaCache`` whose capacity i
 ``STATIC_CACHE_BUCKET`` tokens, and then compiles the decode step (``torch.compile(fullgraph=True,
 dynamic=False)``): every step, and every prompt whose prompt + new tokens fit the same bucket, reuses one graph.
 The prefill runs eagerly. On CUDA the static cache is the default and the step is captured as a CUDA graph
-(``mode="reduce-overhead"``); elsewhere pass ``cache_implementation="static"`` to compile (inductor; a
-``compile_config`` chooses another backend), or ``disable_compile=True`` to run the static cache eagerly.
+(``mode="reduce-overhead"``); elsewhere pass ``cache_implementation="static"`` to compile (inductor, on CPU with
+its C++ wrapper; a ``compile_config`` chooses another backend), or ``disable_compile=True`` to run the static
+cache eagerly.
 """
 
 from __future__ import annotations
@@ -93,10 +94,13 @@ class ZayaGenerationMixin(GenerationMixin):
         return not ({"cpu", "disk"} & devices and len(devices) > 1)  # offloaded models do not compile
 
     def _default_compile_config(self) -> CompileConfig:
-        config = CompileConfig(fullgraph=True, dynamic=False)
-        if self.device.type != "cuda":
-            config.mode = "default"  # CUDA graphs exist on CUDA only
-        return config
+        if self.device.type == "cuda":
+            return CompileConfig(fullgraph=True, dynamic=False)  # mode="reduce-overhead": a CUDA graph
+        if self.device.type == "cpu":
+            # Inductor's C++ wrapper calls the step's ~70 kernels from C++ rather than Python: measured ~1.6 ms
+            # of a ~13 ms medium-config batch-1 step (one thread), ~0.8 ms of ~29 ms at batch 8.
+            return CompileConfig(fullgraph=True, dynamic=False, mode=None, options={"cpp_wrapper": True})
+        return CompileConfig(fullgraph=True, dynamic=False, mode="default")  # CUDA graphs exist on CUDA only
 
     def get_compiled_call(self, compile_config) -> callable:
         with torch.no_grad():  # the fused weights a step uses, built once outside the graph

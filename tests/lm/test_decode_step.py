@@ -171,7 +171,8 @@ def test_models_use_our_compiled_step_not_transformers_defaults():
 
     for model in (_model(), ZayaVL(tiny_vl_config()).eval()):
         config = model._default_compile_config()
-        assert config.fullgraph and not config.dynamic and config.mode == "default"  # CPU: no CUDA graphs
+        assert config.fullgraph and not config.dynamic
+        assert config.mode is None and config.options == {"cpp_wrapper": True}  # CPU: no CUDA graphs
         assert model._is_stateful
     model = _model()
     cca = model.model.layers[0].self_attn.qkv_proj
