@@ -39,8 +39,8 @@ __all__ = ["FEW_ROWS", "linear"]
 # The LM head (vocab × hidden) is about half of what a CPU decode step reads. At several rows neither MKL form
 # above streams it well (32000 × 512, 8 rows, one thread: ~10.7 ms as ``weight @ x.T``, ~14 ms as ``F.linear``),
 # where oneDNN on a weight reordered once for that row count takes ~6.7 ms. The reordered copy costs the weight's
-# size again, so only the head takes this path, and only a few copies are kept (the most recent first).
-PACKED_HEAD_COPIES = 2
+# size again, so only the head takes this path, and one copy is kept (for the latest row count and weight).
+PACKED_HEAD_COPIES = 1
 _packed_weights: list[tuple[tuple, torch.Tensor]] = []
 
 

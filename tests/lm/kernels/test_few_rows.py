@@ -52,7 +52,7 @@ def test_head_linear_matches_f_linear(rows, with_bias):
 
 
 @torch.no_grad()
-def test_head_linear_repacks_after_an_in_place_weight_change_and_keeps_few_copies():
+def test_head_linear_repacks_after_an_in_place_weight_change_and_keeps_one_copy():
     if not few_rows.head_packs(torch.randn(4, 16), torch.randn(8, 16)):
         pytest.skip("no oneDNN linear packing in this torch build: head_linear is linear")
     weight = torch.randn(64, 16)
