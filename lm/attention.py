@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,18 +51,29 @@ def attend(
     )
 
 
-_COMPILED_FLEX = {}
-
-
 def _flex_attention(device: torch.device):
     """FlexAttention, compiled on GPU (its fast path); on CPU the eager reference runs (tests only)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    if device.type != "cuda":
-        return flex_attention
-    if "cuda" not in _COMPILED_FLEX:
-        _COMPILED_FLEX["cuda"] = torch.compile(flex_attention, dynamic=False)
-    return _COMPILED_FLEX["cuda"]
+    return compiled_flex_attention() if device.type == "cuda" else flex_attention
+
+
+@functools.cache
+def compiled_flex_attention(backend: str = "inductor"):
+    """``flex_attention`` compiled once for every sequence length: shapes are dynamic, so a new prompt length
+    reuses the kernel instead of compiling another (a prompt of a single 128-token block, where sizes of 1 are
+    specialised, adds one more). Duck sizing is off while it traces: otherwise a block count that happens to
+    equal the batch size or head count is tied to it, and the next length recompiles."""
+    from torch.fx.experimental import _config as fx_config
+    from torch.nn.attention.flex_attention import flex_attention
+
+    compiled = torch.compile(flex_attention, dynamic=True, backend=backend)
+
+    def call(*args, **kwargs):
+        with fx_config.patch(use_duck_shape=False):
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 class ZayaAttention(nn.Module):
@@ -106,4 +119,4 @@ class ZayaAttention(nn.Module):
         return projected
 
 
-__all__ = ["attend", "ZayaAttention"]
+__all__ = ["attend", "compiled_flex_attention", "ZayaAttention"]

@@ -111,28 +111,30 @@ class RotaryEmbedding(nn.Module):
         head_dim = self.config.head_dim
         for layer_type in self.layer_types:
             inv_freq = getattr(self, f"{layer_type}_inv_freq").to(position_ids.device)
-            rotary_dim, half = 2 * inv_freq.shape[0], inv_freq.shape[0]
+            rotary_dim = 2 * inv_freq.shape[0]
             freqs = position_ids[..., None].float() * inv_freq
             angles = torch.cat((freqs, freqs), dim=-1)
             cos = F.pad(angles.cos(), (0, head_dim - rotary_dim), value=1.0)
-            # rotate_half(x) = (-x[half:], x[:half]) inside the rotary part: the sign lives in sin, the swap in
-            # a channel permutation (identity on the pass-through channels).
+            # rotate_half(x) = (-x[half:], x[:half]) inside the rotary part: the sign lives in sin, the swap is
+            # ``apply_rotary``'s exchange of the two halves (the pass-through channels stay in place).
             sin = F.pad(torch.cat((-freqs.sin(), freqs.sin()), dim=-1), (0, head_dim - rotary_dim), value=0.0)
-            swap = torch.arange(head_dim, device=position_ids.device)
-            swap[:rotary_dim] = (swap[:rotary_dim] + half) % rotary_dim
-            tables[layer_type] = RotaryTables(cos[:, :, None].to(dtype), sin[:, :, None].to(dtype), swap)
+            tables[layer_type] = RotaryTables(cos[:, :, None].to(dtype), sin[:, :, None].to(dtype), rotary_dim)
         return tables
 
 
 class RotaryTables(NamedTuple):
     cos: torch.Tensor    # (batch, seq, 1, head_dim)
     sin: torch.Tensor    # (batch, seq, 1, head_dim), rotate-half's signs folded in
-    swap: torch.Tensor   # (head_dim,) the channel each channel's rotate-half partner sits at
+    rotary_dim: int      # the leading channels that rotate; the rest pass through (cos 1, sin 0)
 
 
 def apply_rotary(x: torch.Tensor, tables: RotaryTables) -> torch.Tensor:
     """Partial RoPE of ``x`` (batch, seq, heads, head_dim): ``x·cos + rotate_half(x)·sin``."""
-    return torch.addcmul(x * tables.cos, x.index_select(-1, tables.swap), tables.sin)
+    # The halves are exchanged by slicing: a gather along the last dim (``index_select``) is a per-element
+    # loop on CPU, ~6 ms a layer for an 8 × 128-token prefill of the medium config.
+    rotary, half = tables.rotary_dim, tables.rotary_dim // 2
+    swapped = torch.cat((x[..., half:rotary], x[..., :half], x[..., rotary:]), dim=-1)
+    return torch.addcmul(x * tables.cos, swapped, tables.sin)
 
 
 __all__ = ["RMSNorm", "ResidualScaling", "RotaryEmbedding", "RotaryTables", "apply_rotary"]

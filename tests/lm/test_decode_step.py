@@ -157,3 +157,29 @@ def test_cache_without_device_takes_the_model_dtype_at_first_forward():
     cache = ZayaCache(model.config, ids.shape[0])
     model(ids, cache=cache, use_cache=True)
     assert cache.keys[0].dtype == torch.bfloat16 and cache.get_seq_length() == ids.shape[1]
+
+
+@torch.no_grad()
+def test_models_use_our_compiled_step_not_transformers_defaults():
+    """``PreTrainedModel`` precedes the generation mixin in the models' bases and defines the compile hooks too;
+    generate() must still get our whole-graph config and our step (derived weights built before tracing, the
+    host token count kept)."""
+    from transformers import CompileConfig
+
+    from zaya_vl.modeling import ZayaVL
+    from zaya_vl.testing import tiny_vl_config
+
+    for model in (_model(), ZayaVL(tiny_vl_config()).eval()):
+        config = model._default_compile_config()
+        assert config.fullgraph and not config.dynamic
+        assert config.mode is None and config.options == {"cpp_wrapper": True}  # CPU: no CUDA graphs
+        assert model._is_stateful
+    model = _model()
+    cca = model.model.layers[0].self_attn.qkv_proj
+    cca._derived._memo.clear()
+    ids, mask = _prompt(batch=2, length=5)
+    cache = StaticZayaCache(model.config, 2, max_length=32, dtype=torch.float32, device="cpu")
+    model.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False, cache=cache,
+                   compile_config=CompileConfig(backend="aot_eager", fullgraph=True, dynamic=False))
+    assert {"conv", "bmm"} <= set(cca._derived._memo)  # built eagerly, not traced into the step
+    assert cache.get_seq_length() == int(cache.length) == 5 + 3  # the last token is never fed back

@@ -119,3 +119,31 @@ def test_block_mask_matches_the_dense_mask_without_a_dense_tensor(seed):
     # Nothing of size batch x queries x keys hides behind the mask_mod: only per-token tensors.
     captured = _closure_tensors(block_mask.mask_mod)
     assert all(tensor.numel() <= batch * keys for tensor in captured), [tensor.shape for tensor in captured]
+
+
+@torch.no_grad()
+def test_compiled_flex_attention_compiles_once_across_prompt_lengths():
+    """The GPU's compiled FlexAttention (here with a cheap backend on CPU) reuses one graph for prompts of new
+    lengths, and computes SDPA's result on the same mask."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    from torch._dynamo.utils import counters
+
+    from zaya_vl.lm.attention import compiled_flex_attention
+    from zaya_vl.lm.masks import to_block_mask
+
+    torch._dynamo.reset()
+    counters.clear()
+    flex = compiled_flex_attention("aot_eager")
+    generator = torch.Generator().manual_seed(0)
+    for length in (150, 200, 260):  # 2, 2 and 3 blocks of 128, the first equal to the batch size
+        q, k, v = (torch.randn(2, heads, length, 16, generator=generator) for heads in (4, 2, 2))
+        padding = torch.ones(2, length, dtype=torch.bool)
+        padding[0, :7] = False
+        rule = dict(batch_size=2, query_length=length, key_length=length, device=torch.device("cpu"),
+                    padding_mask=padding)
+        out = flex(q, k, v, block_mask=to_block_mask(**rule), scale=0.25, enable_gqa=True)
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=build_attention_mask(**rule), scale=0.25, enable_gqa=True)
+        torch.testing.assert_close(out[0, :, 7:], expected[0, :, 7:], atol=1e-5, rtol=1e-4)  # real queries
+        torch.testing.assert_close(out[1], expected[1], atol=1e-5, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] == 1
