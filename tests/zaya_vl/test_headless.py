@@ -135,11 +135,20 @@ def test_the_headless_model_loads_every_layout_of_the_full_model(model, prompt, 
     assert isinstance(transformers.AutoModel.from_pretrained(tmp_path / "port"), ZayaVLModel)
 
 
-def test_a_state_dict_in_the_older_names_loads_strictly(model):
+def test_a_state_dict_in_the_older_names_loads_strictly(model, tmp_path):
     """Training checkpoints (accelerate's model.safetensors) and PEFT adapters hold state dicts by name."""
+    from safetensors.torch import load_model, save_model
+
     fresh = ZayaVL(tiny_vl_config(image_attention="images"))
     old = {v1_name(k): t for k, t in model.state_dict().items()}
     assert fresh.load_state_dict(old, strict=True)
+    assert all(torch.equal(t, model.state_dict()[k]) for k, t in fresh.state_dict().items())
+    # accelerate's save_state / load_state path: one name per tied tensor, loaded by safetensors' load_model.
+    save_model(model, tmp_path / "new.safetensors")
+    save_file({v1_name(k): t for k, t in load_file(tmp_path / "new.safetensors").items()},
+              tmp_path / "old.safetensors")
+    fresh = ZayaVL(tiny_vl_config(image_attention="images"))
+    load_model(fresh, tmp_path / "old.safetensors", strict=True)
     assert all(torch.equal(t, model.state_dict()[k]) for k, t in fresh.state_dict().items())
     # Under a wrapper's prefix too (PEFT's base_model.model.): only the model's own keys are renamed.
     wrapper = torch.nn.ModuleDict({"inner": ZayaVL(tiny_vl_config(image_attention="images"))})
