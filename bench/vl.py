@@ -43,9 +43,9 @@ def build(preset: str, dtype: torch.dtype, device: torch.device):
     ours = ours.to(dtype).eval()
     with device:
         upstream = transformers.ZayaForCausalLM(transformers.ZayaConfig(**LM_PRESETS[preset]))
-    lm_state = {k: v for k, v in ours.state_dict().items() if not k.startswith("vision_tower.")
-                and ".vision_adapters." not in k}
-    upstream.load_state_dict(lm_state)
+    upstream.model.load_state_dict({k: v for k, v in ours.language_model.state_dict().items()
+                                    if ".vision_adapters." not in k})
+    upstream.lm_head.load_state_dict(ours.lm_head.state_dict())
     return ours, upstream.to(dtype).eval()
 
 
@@ -64,10 +64,11 @@ class UpstreamWithTower:
         self.ours, self.upstream = ours, upstream
 
     def embeds(self, inputs: dict) -> torch.Tensor:
-        image_mask = inputs["input_ids"] == self.ours.config.image_token_id
-        embeds = self.upstream.model.embed_tokens(inputs["input_ids"])
-        return self.ours._merge_images(inputs["input_ids"], embeds, inputs["pixel_values"],
-                                       inputs["image_grid_thw"], image_mask)[0]
+        ids, grids = inputs["input_ids"], inputs["image_grid_thw"]
+        embeds = self.upstream.get_input_embeddings()(ids)
+        features = self.ours.get_image_features(inputs["pixel_values"], grids)
+        mask = self.ours.model.get_placeholder_mask(ids, embeds, features, grids)
+        return embeds.masked_scatter(mask[..., None], features.to(embeds.dtype))
 
     def prefill(self, inputs):
         return self.upstream(inputs_embeds=self.embeds(inputs), use_cache=True, logits_to_keep=1)

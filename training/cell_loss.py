@@ -28,8 +28,8 @@ def count_cells(cell_labels: torch.Tensor | None) -> int:
 def cell_loss(model: nn.Module, image_hidden_states: torch.Tensor, image_mask: torch.Tensor,
               cell_labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of the labelled image tokens' glyphs, their mean (or ``reduction="sum"``). ``model`` is the
-    ZayaVL (its ``model.norm``, ``lm_head`` and input embedding dtype are read), ``image_hidden_states`` one row per image token in the
-    order of ``image_mask`` (b, s), ``cell_labels`` (b, s). No labelled token: a zero that still reaches the
+    ZayaVL (its decoder's final norm, ``lm_head`` and input embedding dtype are read), ``image_hidden_states``
+    one row per image token in the order of ``image_mask`` (b, s), ``cell_labels`` (b, s). No labelled token: a zero that still reaches the
     image features' weights, as a real loss would."""
     labels = cell_labels[image_mask.bool()]
     if labels.shape[0] != image_hidden_states.shape[0]:
@@ -37,7 +37,7 @@ def cell_loss(model: nn.Module, image_hidden_states: torch.Tensor, image_mask: t
     keep = labels != IGNORE_INDEX
     if not bool(keep.any()):
         return image_hidden_states.sum() * 0.0
-    norm, head = model.model.norm, model.get_output_embeddings()
+    norm, head = model.get_decoder().norm, model.get_output_embeddings()
     # The rows as the decoder receives them (cast to the embedding dtype), then as the final norm reads them.
     rows = image_hidden_states[keep].to(model.get_input_embeddings().weight.dtype).to(norm.weight.dtype)
     logits = F.linear(norm(rows), head.weight, head.bias).float()

@@ -119,7 +119,7 @@ class BalancingConfig:
 @dataclass
 class FreezeConfig:
     """Trainable parameters = the stage's preset, plus ``train`` patterns, minus ``freeze`` patterns.
-    Patterns are shell globs over parameter names (``*`` crosses dots): ``model.layers.*.self_attn.*``."""
+    Patterns are shell globs over parameter names (``*`` crosses dots): ``*.layers.*.self_attn.*``."""
 
     train: list[str] = field(default_factory=list)
     freeze: list[str] = field(default_factory=list)

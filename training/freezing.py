@@ -2,16 +2,17 @@
 
 | stage | text-only LM (`ZayaLM`) | VL model (`ZayaVL`) |
 |---|---|---|
-| `pretrain` | everything | the LM (`model.*`, `lm_head.*`); the vision tower frozen |
-| `align` | (error: needs a VL model) | the patch merger (`vision_tower.merger.*`) and the vision LoRA (`*.vision_adapters.*`) |
-| `sft` | everything | merger + vision LoRA + the LM decoder layers (`model.layers.*`); embeddings, head and vision encoder frozen |
+| `pretrain` | everything | the LM (`model.language_model.*`, `lm_head.*`); the vision tower frozen |
+| `align` | (error: needs a VL model) | the patch merger (`model.vision_tower.merger.*`) and the vision LoRA (`*.vision_adapters.*`) |
+| `sft` | everything | merger + vision LoRA + the LM decoder layers (`model.language_model.layers.*`); embeddings, head and vision encoder frozen |
 
 With PEFT LoRA (``lora:`` in the config) the LM parts of a preset are dropped (the LoRA matrices train
 instead) and every ``lora_*`` parameter is trainable; patterns match names without PEFT's
 ``base_model.model.`` prefix. Then ``freeze.train`` patterns are added and ``freeze.freeze`` patterns removed.
 Patterns are shell globs (``fnmatch``; ``*`` also crosses dots). A tensor shared under two names (the tied
 embedding / LM head) trains if either name is selected and neither is frozen. A pattern that matches no parameter is an
-error, so a typo cannot silently train (or freeze) nothing.
+error, so a typo cannot silently train (or freeze) nothing; a VL pattern in the names of before the headless model
+(``model.layers.*``, ``vision_tower.*``) is such an error, and it names the pattern in today's names.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from zaya_vl.conversion import upgrade_native_v1_name
 from zaya_vl.training.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-VISION_TRAINABLE = ["vision_tower.merger.*", "*.vision_adapters.*"]
-LM_DECODER = ["model.layers.*"]
+VISION_TRAINABLE = ["model.vision_tower.merger.*", "*.vision_adapters.*"]
+LM_DECODER = ["model.language_model.layers.*"]
 PEFT_PREFIX = "base_model.model."
 PEFT_MARKERS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
 
@@ -41,7 +43,7 @@ def preset_patterns(stage: str, is_vl: bool, with_lora: bool) -> list[str]:
     if stage == "pretrain":
         if with_lora:
             return []
-        return ["model.*", "lm_head.*"] if is_vl else ["*"]
+        return ["model.language_model.*", "lm_head.*"] if is_vl else ["*"]
     if stage == "sft":
         if is_vl:
             return VISION_TRAINABLE + ([] if with_lora else LM_DECODER)
@@ -69,6 +71,10 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
+def _matches_any(names: list[str], pattern: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
 def apply_freezing(model: nn.Module, stage: str, is_vl: bool, train_patterns: list[str] | None = None,
                    freeze_patterns: list[str] | None = None, with_lora: bool = False) -> FreezeReport:
     """Set ``requires_grad`` on every parameter of ``model`` and report the trainable count."""
@@ -79,8 +85,12 @@ def apply_freezing(model: nn.Module, stage: str, is_vl: bool, train_patterns: li
     for key, patterns in (("freeze.train", train_patterns), ("freeze.freeze", freeze_patterns)):
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in plain_names):
+                renamed = upgrade_native_v1_name(pattern) if is_vl else pattern
+                hint = "" if renamed == pattern or not _matches_any(plain_names, renamed) else (
+                    f"; VL parameter names now start with model.language_model. / model.vision_tower., so this "
+                    f"pattern reads {renamed!r}")
                 raise ConfigError(f"{key}: pattern {pattern!r} matches no parameter of the model "
-                                  f"(names look like {plain_names[0]!r}, {plain_names[-1]!r})")
+                                  f"(names look like {plain_names[0]!r}, {plain_names[-1]!r}){hint}")
 
     # A tensor shared under several names (tied embeddings) trains if any name is selected and none frozen.
     selected: dict[int, bool] = {}
@@ -93,12 +103,12 @@ def apply_freezing(model: nn.Module, stage: str, is_vl: bool, train_patterns: li
     decisions = {key: selected[key] and not frozen[key] for key in selected}
     if with_lora:
         # The LoRA matrices are what a LoRA run trains; a broad freeze pattern (the vl_sft example's
-        # "model.layers.*.mlp.*") would silently freeze an expert LoRA.
+        # "model.language_model.layers.*.mlp.*") would silently freeze an expert LoRA.
         for (name, param), plain in zip(named, plain_names):
             if any(marker in name for marker in PEFT_MARKERS) and frozen[id(param)]:
                 pattern = next(p for p in freeze_patterns if fnmatch.fnmatchcase(plain, p))
                 raise ConfigError(f"freeze.freeze: pattern {pattern!r} freezes the LoRA matrix {plain}; narrow it "
-                                  "to the base weights (e.g. 'model.layers.*.mlp.gate.*' for the routers) or drop "
+                                  "to the base weights (e.g. '*.mlp.gate.*' for the routers) or drop "
                                   "that LoRA target")
 
     seen = set()

@@ -202,7 +202,7 @@ def _check_target_parameters(model: nn.Module, config: LoraConfig) -> None:
                 matched.append(name)
         if not matched:
             raise ConfigError(f"lora.target_parameters: {target!r} matches no parameter of the model (the expert "
-                              "weights are named like model.layers.0.mlp.experts.gate_up_proj)")
+                              "weights end in mlp.experts.gate_up_proj and mlp.experts.down_proj)")
 
 
 def save_final(accelerator, model: nn.Module, bundle: ModelBundle, out_dir: str | Path,

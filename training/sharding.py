@@ -7,7 +7,8 @@ plugin keeps one code path for CPU (gloo, the tests) and GPUs (NCCL): accelerate
 
 The model and optimizer state are saved with ``torch.distributed.checkpoint`` (each process writes its own
 shards into the checkpoint folder, which is then made complete atomically like any other checkpoint), and the
-final model is gathered into one full state dict for ``save_pretrained``.
+final model is gathered into one full state dict for ``save_pretrained``. A VL checkpoint written in the parameter
+names of before the headless model (``vision_tower.*``, ``model.layers.*``) resumes: it is read under those names.
 
 Every process must run the same sequence of all-gathers and reduce-scatters: a VL micro-batch without images
 would skip the vision blocks on one process while the other runs them. :func:`add_placeholder_image` gives
@@ -88,9 +89,44 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Pat
         raise FileNotFoundError(f"{folder} holds no sharded model state: was the checkpoint written without "
                                 "train.fsdp? Resume with the setting the run was started with")
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optimizer_state}
+    stored = set(dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
+    older = _older_names(model, model_state, stored)
+    state = _renamed({"model": model_state, "optimizer": optimizer_state}, older)
     dcp.load(state, checkpoint_id=str(folder))
+    state = _renamed(state, {new: old for old, new in older.items()} if older else {})
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def _older_names(model: nn.Module, model_state: dict, stored: set[str]) -> dict[str, str]:
+    """For a VL checkpoint written before the headless model (``vision_tower.*``, ``model.layers.*``): each of
+    today's parameter names → its name in the checkpoint; empty when the checkpoint has today's names."""
+    from zaya_vl.conversion import NATIVE_V1
+    from zaya_vl.modeling import ZayaVL
+
+    prefix = next((name + "." if name else "" for name, module in model.named_modules()
+                   if isinstance(module, ZayaVL)), None)
+    if prefix is None:
+        return {}
+    older = {}
+    for name in model_state:
+        if name.startswith(prefix) and f"model.{name}" not in stored:
+            old = prefix + NATIVE_V1.checkpoint_name(name[len(prefix):])
+            if f"model.{old}" in stored:
+                older[name] = old
+    return older
+
+
+def _renamed(state: dict, names: dict[str, str]) -> dict:
+    """``state`` (``{"model": ..., "optimizer": ...}`` as ``get_state_dict`` gives them) with parameter names
+    replaced as ``names`` says, in the model's keys and in the optimizer's per-parameter state and groups."""
+    if not names:
+        return state
+    optimizer = state["optimizer"]
+    return {"model": {names.get(key, key): value for key, value in state["model"].items()},
+            "optimizer": {**optimizer,
+                          "state": {names.get(key, key): value for key, value in optimizer["state"].items()},
+                          "param_groups": [{**group, "params": [names.get(p, p) for p in group["params"]]}
+                                           for group in optimizer["param_groups"]]}}
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

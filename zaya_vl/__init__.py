@@ -7,11 +7,11 @@
 
 from zaya_vl.configuration import ReferenceZayaVLConfig, ZayaVLConfig
 from zaya_vl.lm import ZayaLM, ZayaLMConfig
-from zaya_vl.modeling import ZayaVL
+from zaya_vl.modeling import ZayaVL, ZayaVLModel
 from zaya_vl.processing import ZayaVLProcessor
 from zaya_vl.registration import register
 
 register()
 
-__all__ = ["ReferenceZayaVLConfig", "ZayaLM", "ZayaLMConfig", "ZayaVL", "ZayaVLConfig", "ZayaVLProcessor"]
+__all__ = ["ReferenceZayaVLConfig", "ZayaLM", "ZayaLMConfig", "ZayaVL", "ZayaVLConfig", "ZayaVLModel", "ZayaVLProcessor"]
 __version__ = "0.1.0"

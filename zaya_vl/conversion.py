@@ -1,8 +1,14 @@
 """Checkpoint layouts of ZAYA1-VL, each one declarative key table, and the one converter that walks them.
 
-Three layouts of the same weights exist:
+Four layouts of the same weights exist:
 
-- ``native``: ours (upstream transformers' text ``zaya`` names + ``vision_tower.*`` + ``vision_adapters``).
+- ``native``: ours, in transformers' multimodal shape (as ``qwen2_5_vl``): the headless model under ``model.``
+  holds ``model.vision_tower.*`` and the decoder ``model.language_model.*`` (upstream transformers' text ``zaya``
+  names, plus ``vision_adapters``); the head is ``lm_head.*``.
+- ``native_v1``: ours before the headless model existed: ``vision_tower.*``, the decoder as ``model.*``,
+  ``lm_head.*``. Folders saved then (the bundled tiny model among them) still load; the rename is per key and
+  unambiguous, since the new names under ``model.`` start with ``vision_tower.`` or ``language_model.`` and no
+  decoder tensor does.
 - ``zyphra``: Zyphra's original release and reference code (``Zyphra/transformers`` branch ``zaya1-vl``):
   ``attn.``/``mlp.`` sub-layers, one ``local_experts.J`` per expert, LoRA as ``nn.Sequential`` pairs, and each
   residual scale stored on the sub-layer *after* the merge it belongs to.
@@ -70,7 +76,7 @@ class KeyRule:
 class Layout:
     name: str
     rules: tuple[KeyRule, ...]
-    # A regex that some key of a checkpoint in this layout (and none in ours) matches; native is the fallback.
+    # A regex that some key of every checkpoint in this layout matches and no key of any other layout does.
     marker: str | None = None
 
     def native_name(self, key: str, num_layers: int) -> tuple[str, int | None]:
@@ -95,73 +101,96 @@ class Layout:
         raise LayoutKeyError(f"{native}: no rule of the {self.name!r} layout writes this key")
 
 
-NATIVE = Layout("native", (KeyRule("{rest}", "{rest}"),))
+_LM = "model.language_model"
+_VISION = "model.vision_tower"
+NATIVE = Layout("native", (KeyRule("{rest}", "{rest}"),), marker=r"^model\.(vision_tower|language_model\.norm)\.")
+
+NATIVE_V1 = Layout("native_v1", marker=r"^model\.(norm|layers\.\d+\.self_attn)\.", rules=(
+    KeyRule("vision_tower.{rest}", f"{_VISION}.{{rest}}"),
+    KeyRule("lm_head.{rest}", "lm_head.{rest}"),
+    KeyRule("model.{rest}", f"{_LM}.{{rest}}"),
+))
 
 _Z = "model.layers.{layer}"
+_N = f"{_LM}.layers.{{layer}}"
 _ZYPHRA_ATTN_LORA = {"linear_q": "q", "linear_k": "k", "val_proj1": "v_current", "val_proj2": "v_delayed"}
 ZYPHRA = Layout("zyphra", marker=r"^model\.layers\.\d+\.attn\.", rules=(
-    KeyRule("vision_tower.{rest}", "vision_tower.{rest}"),
-    KeyRule("model.embed_tokens.{rest}", "model.embed_tokens.{rest}"),
+    KeyRule("vision_tower.{rest}", f"{_VISION}.{{rest}}"),
+    KeyRule("model.embed_tokens.{rest}", f"{_LM}.embed_tokens.{{rest}}"),
     KeyRule("lm_head.{rest}", "lm_head.{rest}"),
-    KeyRule("model.final_norm.{rest}", "model.norm.{rest}"),
-    KeyRule("model.res_scale.{name}", "model.layers.{last_layer}.post_mlp_residual_scale.{name}"),
-    KeyRule("model.layers.0.attn.res_scale.{name}", "model.input_{name}"),
-    KeyRule(f"{_Z}.attn.res_scale.{{name}}", "model.layers.{previous_layer}.post_mlp_residual_scale.{name}"),
-    KeyRule(f"{_Z}.attn.input_norm.{{rest}}", f"{_Z}.input_layernorm.{{rest}}"),
+    KeyRule("model.final_norm.{rest}", f"{_LM}.norm.{{rest}}"),
+    KeyRule("model.res_scale.{name}", f"{_LM}.layers.{{last_layer}}.post_mlp_residual_scale.{{name}}"),
+    KeyRule("model.layers.0.attn.res_scale.{name}", f"{_LM}.input_{{name}}"),
+    KeyRule(f"{_Z}.attn.res_scale.{{name}}", f"{_LM}.layers.{{previous_layer}}.post_mlp_residual_scale.{{name}}"),
+    KeyRule(f"{_Z}.attn.input_norm.{{rest}}", f"{_N}.input_layernorm.{{rest}}"),
     *(KeyRule(f"{_Z}.attn.self_attn.qkv.lora_{theirs}.{i}.weight",
-              f"{_Z}.self_attn.qkv_proj.vision_adapters.{ours}.{factor}")
+              f"{_N}.self_attn.qkv_proj.vision_adapters.{ours}.{factor}")
       for theirs, ours in _ZYPHRA_ATTN_LORA.items() for i, factor in ((0, "A"), (1, "B"))),
-    *(KeyRule(f"{_Z}.attn.self_attn.lora_linear_o.{i}.weight", f"{_Z}.self_attn.vision_adapters.o.{factor}")
+    *(KeyRule(f"{_Z}.attn.self_attn.lora_linear_o.{i}.weight", f"{_N}.self_attn.vision_adapters.o.{factor}")
       for i, factor in ((0, "A"), (1, "B"))),
-    KeyRule(f"{_Z}.attn.self_attn.qkv.linear_q.{{rest}}", f"{_Z}.self_attn.qkv_proj.q_proj.{{rest}}"),
-    KeyRule(f"{_Z}.attn.self_attn.qkv.linear_k.{{rest}}", f"{_Z}.self_attn.qkv_proj.k_proj.{{rest}}"),
-    KeyRule(f"{_Z}.attn.self_attn.qkv.val_proj1.{{rest}}", f"{_Z}.self_attn.qkv_proj.v_proj_current.{{rest}}"),
-    KeyRule(f"{_Z}.attn.self_attn.qkv.val_proj2.{{rest}}", f"{_Z}.self_attn.qkv_proj.v_proj_delayed.{{rest}}"),
-    KeyRule(f"{_Z}.attn.self_attn.qkv.conv_qk.0.{{rest}}", f"{_Z}.self_attn.qkv_proj.conv_qk_depthwise.{{rest}}"),
-    KeyRule(f"{_Z}.attn.self_attn.qkv.conv_qk.1.{{rest}}", f"{_Z}.self_attn.qkv_proj.conv_qk_grouped.{{rest}}"),
-    KeyRule(f"{_Z}.attn.self_attn.qkv.temp", f"{_Z}.self_attn.qk_norm.temp"),
-    KeyRule(f"{_Z}.attn.self_attn.o_proj.{{rest}}", f"{_Z}.self_attn.o_proj.{{rest}}"),
-    KeyRule(f"{_Z}.mlp.input_norm.{{rest}}", f"{_Z}.post_attention_layernorm.{{rest}}"),
-    KeyRule(f"{_Z}.mlp.res_scale.{{name}}", f"{_Z}.post_attention_residual_scale.{{name}}"),
-    KeyRule(f"{_Z}.mlp.zaya_block.router.rmsnorm_eda.{{rest}}", f"{_Z}.mlp.gate.router_mlp.norm.{{rest}}"),
-    KeyRule(f"{_Z}.mlp.zaya_block.router.router_mlp.0.{{rest}}", f"{_Z}.mlp.gate.router_mlp.fc1.{{rest}}"),
-    KeyRule(f"{_Z}.mlp.zaya_block.router.router_mlp.2.{{rest}}", f"{_Z}.mlp.gate.router_mlp.fc2.{{rest}}"),
-    KeyRule(f"{_Z}.mlp.zaya_block.router.router_mlp.4.{{rest}}", f"{_Z}.mlp.gate.router_mlp.out_proj.{{rest}}"),
-    KeyRule(f"{_Z}.mlp.zaya_block.router.{{rest}}", f"{_Z}.mlp.gate.{{rest}}"),
-    KeyRule(f"{_Z}.mlp.zaya_block.experts.local_experts.{{expert}}.linear_fc1.weight", f"{_Z}.mlp.experts.gate_up_proj"),
-    KeyRule(f"{_Z}.mlp.zaya_block.experts.local_experts.{{expert}}.linear_fc2.weight", f"{_Z}.mlp.experts.down_proj"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.linear_q.{{rest}}", f"{_N}.self_attn.qkv_proj.q_proj.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.linear_k.{{rest}}", f"{_N}.self_attn.qkv_proj.k_proj.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.val_proj1.{{rest}}", f"{_N}.self_attn.qkv_proj.v_proj_current.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.val_proj2.{{rest}}", f"{_N}.self_attn.qkv_proj.v_proj_delayed.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.conv_qk.0.{{rest}}", f"{_N}.self_attn.qkv_proj.conv_qk_depthwise.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.conv_qk.1.{{rest}}", f"{_N}.self_attn.qkv_proj.conv_qk_grouped.{{rest}}"),
+    KeyRule(f"{_Z}.attn.self_attn.qkv.temp", f"{_N}.self_attn.qk_norm.temp"),
+    KeyRule(f"{_Z}.attn.self_attn.o_proj.{{rest}}", f"{_N}.self_attn.o_proj.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.input_norm.{{rest}}", f"{_N}.post_attention_layernorm.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.res_scale.{{name}}", f"{_N}.post_attention_residual_scale.{{name}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.router.rmsnorm_eda.{{rest}}", f"{_N}.mlp.gate.router_mlp.norm.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.router.router_mlp.0.{{rest}}", f"{_N}.mlp.gate.router_mlp.fc1.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.router.router_mlp.2.{{rest}}", f"{_N}.mlp.gate.router_mlp.fc2.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.router.router_mlp.4.{{rest}}", f"{_N}.mlp.gate.router_mlp.out_proj.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.router.{{rest}}", f"{_N}.mlp.gate.{{rest}}"),
+    KeyRule(f"{_Z}.mlp.zaya_block.experts.local_experts.{{expert}}.linear_fc1.weight", f"{_N}.mlp.experts.gate_up_proj"),
+    KeyRule(f"{_Z}.mlp.zaya_block.experts.local_experts.{{expert}}.linear_fc2.weight", f"{_N}.mlp.experts.down_proj"),
     *(KeyRule(f"{_Z}.mlp.zaya_block.experts.local_experts.{{expert}}.lora_{fc}.{i}.weight",
-              f"{_Z}.mlp.experts.vision_adapters.{ours}.{factor}")
+              f"{_N}.mlp.experts.vision_adapters.{ours}.{factor}")
       for fc, ours in (("fc1", "gate_up"), ("fc2", "down")) for i, factor in ((0, "A"), (1, "B"))),
 ))
 
-_T = "model.language_model.layers.{layer}"
-_N = "model.layers.{layer}"
-TRANSFORMERS = Layout("transformers", marker=r"^model\.language_model\.", rules=(
-    KeyRule("model.visual.{rest}", "vision_tower.{rest}"),
+# The port's decoder names are ours but for the final norm, the router's norm and the LoRA factors.
+TRANSFORMERS = Layout("transformers", marker=r"^model\.(visual|language_model\.final_norm)\.", rules=(
+    KeyRule("model.visual.{rest}", f"{_VISION}.{{rest}}"),
     KeyRule("lm_head.{rest}", "lm_head.{rest}"),
-    KeyRule("model.language_model.final_norm.{rest}", "model.norm.{rest}"),
-    KeyRule(f"{_T}.mlp.gate.router_mlp.rmsnorm_eda.{{rest}}", f"{_N}.mlp.gate.router_mlp.norm.{{rest}}"),
-    *(KeyRule(f"{_T}.self_attn.qkv_proj.{proj}_lora_{side}.weight",
+    KeyRule(f"{_LM}.final_norm.{{rest}}", f"{_LM}.norm.{{rest}}"),
+    KeyRule(f"{_N}.mlp.gate.router_mlp.rmsnorm_eda.{{rest}}", f"{_N}.mlp.gate.router_mlp.norm.{{rest}}"),
+    *(KeyRule(f"{_N}.self_attn.qkv_proj.{proj}_lora_{side}.weight",
               f"{_N}.self_attn.qkv_proj.vision_adapters.{proj}.{side.upper()}")
       for proj in ("q", "k", "v_current", "v_delayed") for side in ("a", "b")),
-    *(KeyRule(f"{_T}.self_attn.o_lora_{side}.weight", f"{_N}.self_attn.vision_adapters.o.{side.upper()}")
+    *(KeyRule(f"{_N}.self_attn.o_lora_{side}.weight", f"{_N}.self_attn.vision_adapters.o.{side.upper()}")
       for side in ("a", "b")),
-    *(KeyRule(f"{_T}.mlp.experts.lora_{proj}_proj_{side}", f"{_N}.mlp.experts.vision_adapters.{proj}.{side.upper()}")
+    *(KeyRule(f"{_N}.mlp.experts.lora_{proj}_proj_{side}", f"{_N}.mlp.experts.vision_adapters.{proj}.{side.upper()}")
       for proj in ("gate_up", "down") for side in ("a", "b")),
-    KeyRule("model.language_model.{rest}", "model.{rest}"),
+    KeyRule(f"{_LM}.{{rest}}", f"{_LM}.{{rest}}"),
 ))
 
-LAYOUTS = {layout.name: layout for layout in (NATIVE, ZYPHRA, TRANSFORMERS)}
+LAYOUTS = {layout.name: layout for layout in (NATIVE, NATIVE_V1, ZYPHRA, TRANSFORMERS)}
 
 
 def detect_layout(keys: Iterable[str]) -> Layout:
-    """The layout whose marker the checkpoint's keys carry (native when none does)."""
-    keys = list(keys)
-    for layout in (TRANSFORMERS, ZYPHRA):
-        if any(re.match(layout.marker, key) for key in keys):
-            return layout
-    return NATIVE
+    """The layout whose marker the checkpoint's keys carry; native when none does (a folder of a few tensors),
+    and an error when the keys carry the markers of two layouts (a folder mixing two releases' files)."""
+    found: dict[str, str] = {}
+    for key in keys:
+        for layout in LAYOUTS.values():
+            if layout.name not in found and re.match(layout.marker, key):
+                found[layout.name] = key
+    if len(found) > 1:
+        mixed = ", ".join(f"{key} ({name})" for name, key in found.items())
+        raise LayoutKeyError(f"The checkpoint's tensor names mix layouts: {mixed}.")
+    return LAYOUTS[next(iter(found))] if found else NATIVE
+
+
+def upgrade_native_v1_name(key: str) -> str:
+    """``key`` in today's native names: a ``native_v1`` name renamed, a native name (or a non-model key such as
+    an optimizer's) unchanged. Used where v1 names can arrive key by key (state dicts, vLLM's weight stream)."""
+    if key.startswith(("model.vision_tower.", "model.language_model.")):
+        return key
+    if key.startswith(("vision_tower.", "model.")):
+        return NATIVE_V1.native_name(key, 0)[0]
+    return key
 
 
 def unmapped_keys(layout: Layout, keys: Iterable[str], num_layers: int, limit: int = 3) -> list[str]:
@@ -214,5 +243,5 @@ def from_native(state_dict: dict[str, torch.Tensor], layout: Layout) -> dict[str
     return {layout.checkpoint_name(key): tensor for key, tensor in state_dict.items()}
 
 
-__all__ = ["KeyRule", "LAYOUTS", "Layout", "LayoutKeyError", "NATIVE", "TRANSFORMERS", "ZYPHRA",
-           "detect_layout", "from_native", "to_native", "unmapped_keys"]
+__all__ = ["KeyRule", "LAYOUTS", "Layout", "LayoutKeyError", "NATIVE", "NATIVE_V1", "TRANSFORMERS", "ZYPHRA",
+           "detect_layout", "from_native", "to_native", "unmapped_keys", "upgrade_native_v1_name"]

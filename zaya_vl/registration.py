@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 _done = False
 
@@ -14,12 +14,14 @@ def register() -> None:
     if _done:
         return
     from zaya_vl.configuration import ReferenceZayaVLConfig, ZayaVLConfig
-    from zaya_vl.modeling import ReferenceLayoutZayaVL, ZayaVL
+    from zaya_vl.modeling import ReferenceLayoutZayaVL, ReferenceLayoutZayaVLModel, ZayaVL, ZayaVLModel
 
     AutoConfig.register(ZayaVLConfig.model_type, ZayaVLConfig, exist_ok=True)
     AutoConfig.register(ReferenceZayaVLConfig.model_type, ReferenceZayaVLConfig, exist_ok=True)
     AutoModelForImageTextToText.register(ZayaVLConfig, ZayaVL, exist_ok=True)
     AutoModelForImageTextToText.register(ReferenceZayaVLConfig, ReferenceLayoutZayaVL, exist_ok=True)
+    AutoModel.register(ZayaVLConfig, ZayaVLModel, exist_ok=True)  # the headless model, as for qwen2_5_vl
+    AutoModel.register(ReferenceZayaVLConfig, ReferenceLayoutZayaVLModel, exist_ok=True)
     # AutoProcessor for both model types: `zaya1_vl` folders (Zyphra's release, the transformers port's layout)
     # otherwise resolve to a bare tokenizer.
     from zaya_vl.processing import register_processor

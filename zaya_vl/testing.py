@@ -62,7 +62,7 @@ def balance_routing_(model: nn.Module, input_ids: torch.Tensor) -> nn.Module:
     Layer by layer (a layer's routing changes the next layer's input), centre the router probabilities on a
     calibration batch: ``bias = -mean(probs)``. Works on our ``ZayaLM`` (and loads into upstream unchanged).
     """
-    layers = model.model.layers
+    layers = model.get_decoder().layers
     for index, layer in enumerate(layers):
         out = model(input_ids, use_cache=False, output_router_logits=True)
         probs = torch.softmax(out["routings"][index].logits, dim=-1)

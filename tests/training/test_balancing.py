@@ -131,7 +131,7 @@ def test_find_routers_gives_each_layers_router_in_layer_order():
     expected = [layer.mlp.gate for layer in lm.model.layers]
     assert [id(r) for r in find_routers(lm)] == [id(r) for r in expected]
     vl = ZayaVL(tiny_vl_config(num_hidden_layers=3))
-    assert [id(r) for r in find_routers(vl)] == [id(layer.mlp.gate) for layer in vl.model.layers]
+    assert [id(r) for r in find_routers(vl)] == [id(layer.mlp.gate) for layer in vl.language_model.layers]
     peft = pytest.importorskip("peft")
     wrapped = peft.get_peft_model(lm, peft.LoraConfig(r=2, target_modules=["o_proj"]))
     assert [id(r) for r in find_routers(wrapped)] == [id(r) for r in expected]

@@ -17,9 +17,9 @@ def naive_cell_loss(model, prompt, cell_labels):
         label = int(cell_labels[b, s])
         if label == -100:
             continue
-        norm = model.model.norm
+        norm = model.language_model.norm
         normed = row / torch.sqrt(row.pow(2).mean() + norm.eps) * norm.weight
-        logits = model.model.embed_tokens.weight @ normed
+        logits = model.language_model.embed_tokens.weight @ normed
         losses.append(-torch.log_softmax(logits, -1)[label])
     return torch.stack(losses).mean()
 

@@ -236,7 +236,7 @@ def test_llamafactory_rows_train_the_vision_path(vl_assets, tmp_path):
     assert metrics[-1]["data/epoch"] >= 2 and metrics[-1]["data/skipped"] == 2
     before = ZayaVL.from_pretrained(vl_assets["model_dir"]).state_dict()
     after = ZayaVL.from_pretrained(result.final_dir).state_dict()
-    merger = [n for n in before if n.startswith("vision_tower.merger.")]
+    merger = [n for n in before if n.startswith("model.vision_tower.merger.")]
     assert merger and all(not torch.equal(before[n], after[n]) for n in merger)
 
 

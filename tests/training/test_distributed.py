@@ -215,7 +215,8 @@ def test_vl_fsdp_bf16_frozen_weights_checkpointing_chunked_loss(helpers, vl_asse
         config = vl_config(vl_assets, data, tmp_path / name, fsdp=True, mixed_precision="bf16", loss_chunk_size=16,
                            micro_batch_size=2 // processes)
         config["model"].update(dtype="bfloat16", gradient_checkpointing=True)
-        config["freeze"] = {"train": ["vision_tower.merger.*", "*.vision_adapters.*", "model.layers.*.self_attn.*"]}
+        config["freeze"] = {"train": ["model.vision_tower.merger.*", "*.vision_adapters.*",
+                                      "model.language_model.layers.*.self_attn.*"]}
         config["stage"] = "align"
         if processes == 2:
             launch(config, tmp_path, name)
@@ -227,7 +228,7 @@ def test_vl_fsdp_bf16_frozen_weights_checkpointing_chunked_loss(helpers, vl_asse
     first_diff = abs(runs["two"][0]["loss"] - runs["one"][0]["loss"])
     print(f"VL, FSDP2 bf16 frozen + checkpointing + chunked loss, 2 processes vs 1: first-step loss diff "
           f"{first_diff:.2e}, max loss diff {loss_diff:.2e}, max weight diff {diff:.2e} ({worst})")
-    expert = "model.layers.0.mlp.experts.gate_up_proj"  # frozen: stays the bf16 copy of the initial weight
+    expert = "model.language_model.layers.0.mlp.experts.gate_up_proj"  # frozen: stays the bf16 initial weight
     initial = helpers.load_weights(vl_assets["model_dir"])[expert].to(torch.bfloat16)
     assert torch.equal(helpers.load_weights(tmp_path / "two" / "final")[expert], initial)
     assert runs["one"][-1]["loss"] < runs["one"][0]["loss"]

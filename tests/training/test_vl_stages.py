@@ -73,13 +73,15 @@ def test_align_trains_merger_and_vision_lora_only(vl_assets, tmp_path):
     print(f"align: mean loss of the first 5 steps {first:.3f} -> last 5 {last:.3f}")
     assert last < 0.9 * first
     before, after = _weights(vl_assets["model_dir"]), _weights(result.final_dir)
-    trained = lambda name: name.startswith("vision_tower.merger.") or ".vision_adapters." in name  # noqa: E731
+    trained = lambda name: (name.startswith("model.vision_tower.merger.")  # noqa: E731
+                            or ".vision_adapters." in name)
     changed = {name for name, tensor in before.items() if not torch.equal(tensor, after[name])}
     frozen_changed = [name for name in changed if not trained(name)]
     assert not frozen_changed, f"frozen in align but changed: {frozen_changed}"  # LM, vision encoder, biases
-    assert {n for n in before if n.startswith("vision_tower.merger.")} <= changed
+    assert {n for n in before if n.startswith("model.vision_tower.merger.")} <= changed
     # Image tokens reach the text (and the loss) through attention in the layers before the last.
-    assert {n for n in before if n.startswith("model.layers.0.") and ".vision_adapters." in n} <= changed
+    assert {n for n in before if n.startswith("model.language_model.layers.0.") and ".vision_adapters." in n} \
+        <= changed
     expected = sum(t.numel() for n, t in ZayaVL.from_pretrained(vl_assets["model_dir"]).named_parameters()
                    if trained(n))
     assert result.trainable_parameters == expected
@@ -94,11 +96,12 @@ def test_vl_sft_on_a_mix_of_documents_and_text(vl_assets, tmp_path):
     print(f"vl sft: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     assert losses[-1] < 0.8 * losses[0]
     before, after = _weights(vl_assets["model_dir"]), _weights(result.final_dir)
-    frozen = ("vision_tower.blocks.", "vision_tower.patch_embed.", "model.embed_tokens.", "lm_head.")
+    frozen = ("model.vision_tower.blocks.", "model.vision_tower.patch_embed.", "model.language_model.embed_tokens.",
+              "lm_head.")
     for name, tensor in before.items():
         if name.startswith(frozen):
             assert torch.equal(tensor, after[name]), name
-    changed = [n for n in before if n.startswith(("model.layers.", "vision_tower.merger."))
+    changed = [n for n in before if n.startswith(("model.language_model.layers.", "model.vision_tower.merger."))
                and not torch.equal(before[n], after[n])]
     assert any(".vision_adapters." in n for n in changed) and any(".self_attn.o_proj." in n for n in changed)
     assert any(n.endswith("balancing_biases") for n in changed)  # the routers train, so the controller steers
@@ -176,7 +179,7 @@ def test_cell_loss_is_logged_apart_and_weight_zero_turns_it_off(vl_assets, tmp_p
     (off_dir, off), (on_dir, on) = runs[0.0], runs[1.0]
     assert "cell_loss" not in off[0] and on[0]["cell_loss"] > 0
     assert on[0]["loss"] == off[0]["loss"]  # same weights, same batch: `loss` is the answer loss only
-    tower = "vision_tower.merger.mlp.2.weight"
+    tower = "model.vision_tower.merger.mlp.2.weight"
     assert not torch.equal(_weights(off_dir / "final")[tower], _weights(on_dir / "final")[tower])
 
 
@@ -207,7 +210,8 @@ def test_vl_expert_lora_adapter_on_the_base_equals_the_merged_model_on_images(vl
     assert (on_the_fly - folded).abs().max() < 1e-5
     assert (plain - folded).abs().max() > 1e-3
     before, after = base.state_dict(), merged.state_dict()
-    assert all(not torch.equal(before[f"model.layers.{i}.mlp.experts.{p}"], after[f"model.layers.{i}.mlp.experts.{p}"])
+    experts = "model.language_model.layers.{}.mlp.experts.{}"
+    assert all(not torch.equal(before[experts.format(i, p)], after[experts.format(i, p)])
                for i in range(base.config.text_config.num_hidden_layers) for p in ("gate_up_proj", "down_proj"))
     from zaya_vl.cli import main
 

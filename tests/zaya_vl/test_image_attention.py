@@ -13,18 +13,19 @@ def tiny_model(image_attention="bidirectional", seed=0):
 
 def logits_with_perturbed_image_token(model, prompt, token_index, monkeypatch):
     """Logits when one image token's embedding (after the merger) is changed; everything else identical."""
-    real = model.get_image_features
+    headless = model.model  # the forward takes the image features from the headless model
+    real = headless.get_image_features
 
     def perturbed(pixel_values, image_grid_thw):
         embeds = real(pixel_values, image_grid_thw).clone()
         embeds[token_index] += 1.0
         return embeds
 
-    monkeypatch.setattr(model, "get_image_features", perturbed)
+    monkeypatch.setattr(headless, "get_image_features", perturbed)
     try:
         return model(**prompt, use_cache=False).logits[0]
     finally:
-        monkeypatch.setattr(model, "get_image_features", real)
+        monkeypatch.setattr(headless, "get_image_features", real)
 
 
 @pytest.mark.parametrize("image_attention", ["bidirectional", "causal"])
@@ -78,7 +79,7 @@ def test_eager_and_sdpa_attention_agree():
     model = tiny_model("bidirectional", seed=2)
     prompt = image_prompt([(1, 4, 4), (1, 2, 2)], seed=3)
     sdpa = model(**prompt).logits
-    model.model.config._attn_implementation = "eager"
+    model.language_model.config._attn_implementation = "eager"
     eager = model(**prompt).logits
     torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=0)
 
@@ -111,12 +112,12 @@ def test_flex_attention_uses_the_same_mask_as_sdpa():
         image_grid_thw=torch.cat([first["image_grid_thw"], second["image_grid_thw"]]),
     )
     sdpa = model(**batch).logits
-    model.model.config._attn_implementation = "flex_attention"
+    model.language_model.config._attn_implementation = "flex_attention"
     flex = model(**batch).logits
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(flex[real], sdpa[real], atol=1e-5, rtol=0)
     generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
-    model.model.config._attn_implementation = "sdpa"
+    model.language_model.config._attn_implementation = "sdpa"
     assert torch.equal(generated, model.generate(**batch, max_new_tokens=3, do_sample=False))
 
 
@@ -125,10 +126,10 @@ def test_prefill_chunks_may_not_split_an_image_span():
     model = tiny_model("bidirectional", seed=5)
     prompt = image_prompt([(1, 4, 4)], text_before=3, seed=7)
     image_positions = (prompt["input_ids"][0] == model.config.image_token_id).nonzero().squeeze(1)
-    embeds = model.model.embed_tokens(prompt["input_ids"])
-    embeds, _ = model._merge_images(prompt["input_ids"], embeds, prompt["pixel_values"], prompt["image_grid_thw"],
-                                    prompt["input_ids"] == model.config.image_token_id)
-    image_mask = prompt["input_ids"] == model.config.image_token_id
+    embeds = model.get_input_embeddings()(prompt["input_ids"])
+    features = model.get_image_features(prompt["pixel_values"], prompt["image_grid_thw"])
+    image_mask = model.model.get_placeholder_mask(prompt["input_ids"], embeds, features)
+    embeds = embeds.masked_scatter(image_mask[..., None], features)
     split = int(image_positions[1])  # inside the image
     first = model(inputs_embeds=embeds[:, :split], image_mask=image_mask[:, :split], use_cache=True)
     with pytest.raises(ValueError, match="image span continues from the cache"):

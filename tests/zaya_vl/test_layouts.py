@@ -10,11 +10,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zaya_vl import ZayaVL
-from zaya_vl.conversion import TRANSFORMERS, ZYPHRA, LayoutKeyError, detect_layout
+from zaya_vl.conversion import LAYOUTS, NATIVE, NATIVE_V1, TRANSFORMERS, ZYPHRA, LayoutKeyError, detect_layout
 from zaya_vl.testing import image_prompt, randomize_, tiny_vl_config
 from zaya_vl.weights import CorruptCheckpointError
 
 REFERENCE = Path(__file__).parents[1] / "fixtures" / "zaya1_vl_reference" / "batch_two_images_left_padded"
+PORT = Path(__file__).parents[1] / "fixtures" / "port_zaya1_vl" / "checkpoints" / "main" / "model.safetensors"
+BUNDLED = Path(__file__).parents[2] / "examples" / "tiny_docvqa" / "model" / "model.safetensors"
 
 
 @pytest.fixture
@@ -39,6 +41,32 @@ def test_the_layout_is_chosen_by_the_tensor_names(tiny_model):
     assert detect_layout(native).name == "native"  # vision blocks' `attn.` must not look like Zyphra's sub-layers
     assert detect_layout(load_file(REFERENCE / "checkpoint" / "model.safetensors")) is ZYPHRA
     assert detect_layout([TRANSFORMERS.checkpoint_name(key) for key in native]) is TRANSFORMERS
+    assert detect_layout([NATIVE_V1.checkpoint_name(key) for key in native]) is NATIVE_V1
+
+
+def test_each_layouts_marker_is_carried_by_its_checkpoints_only(tiny_model):
+    """Real folders of every layout: exactly one marker matches some key of each (the native fallback aside)."""
+    import re
+
+    native = list(tiny_model.state_dict())
+    folders = {"native": native, "native_v1": list(load_file(BUNDLED)),
+               "zyphra": list(load_file(REFERENCE / "checkpoint" / "model.safetensors")),
+               "transformers": list(load_file(PORT))}
+    assert set(folders) == set(LAYOUTS)
+    for name, keys in folders.items():
+        carried = {layout.name for layout in LAYOUTS.values() if any(re.match(layout.marker, key) for key in keys)}
+        assert carried == {name}, (name, carried)
+        assert detect_layout(keys).name == name
+    # Decoder-layer keys alone, which the port shares with ours, do not make a folder look like the port's.
+    assert detect_layout([key for key in native if key.startswith("model.language_model.layers.")]) is NATIVE
+
+
+def test_keys_from_two_layouts_are_an_error_naming_both(tiny_model):
+    native = list(tiny_model.state_dict())
+    mixed = native + ["vision_tower.merger.ln_q.weight", "model.layers.0.self_attn.o_proj.weight"]
+    with pytest.raises(LayoutKeyError, match=r"mix layouts: .*\(native\), .*model\.layers\.0\.self_attn\.o_proj"
+                                             r"\.weight \(native_v1\)"):
+        detect_layout(mixed)
 
 
 def test_saving_in_the_transformers_layout_writes_the_port_names_and_reloads_identically(tiny_model, tmp_path):

@@ -40,8 +40,10 @@ def test_reference_to_native_round_trip_keeps_logits_identical(reference_dir, tm
     config = json.loads((tmp_path / "native" / "config.json").read_text())
     keys = set(load_file(tmp_path / "native" / "model.safetensors"))
     assert config["model_type"] == "zaya_vl"
-    assert "model.layers.1.mlp.experts.gate_up_proj" in keys and "model.norm.weight" in keys
-    assert not any("local_experts" in k or "lora_" in k or k.startswith("model.layers") and ".attn." in k for k in keys)
+    assert "model.language_model.layers.1.mlp.experts.gate_up_proj" in keys
+    assert "model.language_model.norm.weight" in keys and "model.vision_tower.merger.ln_q.weight" in keys
+    assert not any("local_experts" in k or "lora_" in k or ".attn.self_attn." in k for k in keys)
+    assert all(k.startswith(("model.language_model.", "model.vision_tower.", "lm_head.")) for k in keys)
     reloaded = ZayaVL.from_pretrained(tmp_path / "native").eval()
     original = model.state_dict()
     assert all(torch.equal(tensor, original[name]) for name, tensor in reloaded.state_dict().items())
@@ -69,8 +71,8 @@ def test_auto_model_loads_both_layouts_without_remote_code(reference_dir, tmp_pa
 @torch.no_grad()
 def test_torch_dtype_and_device_map(reference_dir, case):
     model = ZayaVL.from_pretrained(reference_dir, dtype=torch.bfloat16, device_map="cpu", image_attention="causal")
-    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
-    assert model.model.layers[0].mlp.gate.down_proj.weight.dtype == torch.float32  # the router stays fp32
+    assert model.language_model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.language_model.layers[0].mlp.gate.down_proj.weight.dtype == torch.float32  # the router stays fp32
     logits = forward(model.eval(), case).float()
     real = case["attention_mask"].bool()
     assert (logits[real] - case["logits"][real]).abs().max() < 0.25  # bf16 weights: close, not exact
@@ -97,8 +99,8 @@ def test_key_missing_from_a_reference_checkpoint_is_a_named_error(reference_dir)
     tensors = load_file(reference_dir / "model.safetensors")
     del tensors["model.layers.1.attn.self_attn.qkv.val_proj2.weight"]
     save_file(tensors, reference_dir / "model.safetensors")
-    with pytest.raises(CheckpointMismatchError, match=r"missing from the checkpoint: "
-                                                      r"model\.layers\.1\.self_attn\.qkv_proj\.v_proj_delayed\.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing from the checkpoint: model\.language_model\."
+                                                      r"layers\.1\.self_attn\.qkv_proj\.v_proj_delayed\.weight"):
         ZayaVL.from_pretrained(reference_dir)
 
 

@@ -16,7 +16,7 @@ def vl_model():
 @torch.no_grad()
 def test_text_only_input_equals_the_lm_alone_bit_for_bit(vl_model):
     lm = ZayaLM(tiny_lm_config()).eval()  # no adapters at all
-    missing, unexpected = lm.model.load_state_dict(vl_model.model.state_dict(), strict=False)
+    missing, unexpected = lm.model.load_state_dict(vl_model.language_model.state_dict(), strict=False)
     assert not missing and all(".vision_adapters." in key for key in unexpected)
     lm.lm_head.load_state_dict(vl_model.lm_head.state_dict())
     input_ids = torch.randint(3, 150, (2, 17), generator=torch.Generator().manual_seed(0))
@@ -49,8 +49,8 @@ def test_every_attention_adapter_leaves_text_rows_exactly_unchanged(vl_model, mo
 
 @torch.no_grad()
 def test_expert_adapters_leave_text_rows_exactly_unchanged(vl_model):
-    experts = vl_model.model.layers[1].mlp.experts
-    gate = vl_model.model.layers[1].mlp.gate
+    experts = vl_model.language_model.layers[1].mlp.experts
+    gate = vl_model.language_model.layers[1].mlp.gate
     x = torch.randn(1, 20, 64, generator=torch.Generator().manual_seed(3))
     image_token = torch.zeros(20, dtype=torch.bool)
     image_token[5:13] = True
