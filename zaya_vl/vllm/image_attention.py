@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zaya_vl.lm.masks import build_attention_mask, image_attention_spans
+from zaya_vl.lm.masks import _may_attend as may_attend  # the mask rules our model attends by
+from zaya_vl.lm.masks import image_attention_spans
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +98,12 @@ class ImageAttentionPlan:
 
 def attend_image_rows(out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       sequences: list[ImageSequence], *, num_heads: int, num_kv_heads: int, head_dim: int,
-                      sliding_window: int | None) -> torch.Tensor:
+                      sliding_window: int | None, rows_per_block: int = 1024) -> torch.Tensor:
     """``out`` (tokens, heads · head_dim) with each sequence's non-causal rows recomputed under our mask.
 
     ``query`` (tokens, heads · head_dim), ``key`` and ``value`` (tokens, kv_heads · head_dim), as given to vLLM's
-    ``Attention`` (rotary and norms applied)."""
+    ``Attention`` (rotary and norms applied). The rows go in blocks of ``rows_per_block``, each with its own
+    (rows, keys) mask from the mask rules of ``zaya_vl.lm.masks``, so no (keys, keys) mask is ever built."""
     if not sequences:
         return out
     out = out.clone()
@@ -109,15 +111,17 @@ def attend_image_rows(out: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
     for sequence in sequences:
         length = sequence.end - sequence.begin
         window = sliding_window if sliding_window is not None and length > sliding_window else None
-        mask = build_attention_mask(batch_size=1, query_length=length, key_length=length, device=query.device,
-                                    sliding_window=window, image_span_ids=sequence.span_ids[None])
-        rows = sequence.rows
-        q = query[sequence.begin:sequence.end].index_select(0, rows).view(-1, num_heads, head_dim).transpose(0, 1)
         k = key[sequence.begin:sequence.end].view(length, num_kv_heads, head_dim).transpose(0, 1)
         v = value[sequence.begin:sequence.end].view(length, num_kv_heads, head_dim).transpose(0, 1)
         k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[0, :, rows], scale=head_dim ** -0.5)
-        out[sequence.begin + rows] = attended.transpose(0, 1).reshape(rows.numel(), -1).to(out.dtype)
+        key_pos = torch.arange(length, device=query.device)[None, :]
+        for rows in sequence.rows.split(rows_per_block):
+            allowed = may_attend(rows[:, None], key_pos, sliding_window=window, query_real=None, key_real=None,
+                                 query_span=sequence.span_ids[rows][:, None], key_span=sequence.span_ids[None, :],
+                                 query_segment=None, key_segment=None)
+            q = query[sequence.begin + rows].view(-1, num_heads, head_dim).transpose(0, 1)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[None], scale=head_dim ** -0.5)
+            out[sequence.begin + rows] = attended.transpose(0, 1).reshape(rows.numel(), -1).to(out.dtype)
     return out
 
 
