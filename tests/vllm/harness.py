@@ -56,3 +56,33 @@ def release(llm) -> None:
     del llm
     gc.collect()
     cleanup_dist_env_and_memory()
+
+
+def image_requests(spec: dict) -> list[dict]:
+    """vLLM requests for a reference spec's prompts (text with ``<image>`` placeholders and image files)."""
+    from PIL import Image
+
+    return [{"prompt": p["text"],
+             "multi_modal_data": {"image": [Image.open(path).convert("RGB") for path in p["images"]]}}
+            if p["images"] else {"prompt": p["text"]} for p in spec["prompts"]]
+
+
+def generate_images(llm, requests: list[dict], max_new: int):
+    """Greedy generation with each chosen token's log-probability."""
+    from vllm import SamplingParams
+
+    return llm.generate(requests, SamplingParams(temperature=0, max_tokens=max_new, logprobs=0), use_tqdm=False)
+
+
+def write_images(out: Path, sizes: list[tuple[int, int]], seed: int) -> list[str]:
+    """Random RGB PNGs of the given (width, height) sizes in ``out``; their paths."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index, (width, height) in enumerate(sizes):
+        path = out / f"image{index}.png"
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths

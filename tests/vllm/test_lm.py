@@ -80,3 +80,9 @@ def test_single_token_prompt_after_others(llm, reference):
     # be read as empty.
     _, expected = reference
     assert_matches(_generate(llm, SPEC["prompts"][1:3]), expected[1:3])
+
+
+def test_text_experts_run_through_vllms_fused_moe(llm):
+    # The exactness tests above pass through vLLM's CPU fused-MoE kernel, not our experts' own path.
+    kinds = llm.apply_model(lambda model: [type(layer.mlp.fused).__name__ for layer in model.model.layers])
+    assert kinds == [["FusedExperts"] * len(SPEC["config"]["layer_types"])]

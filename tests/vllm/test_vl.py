@@ -2,22 +2,20 @@
 images (vLLM's placeholder expansion vs ZayaVLProcessor), greedy tokens identical and each step's log-probability
 within 1e-4 (fp32, CPU, a tiny random checkpoint with vision LoRA on attention and experts): one image, several
 images in a prompt, a text-only prompt, and an image whose tokens straddle a prefill chunk boundary, all in flight
-together. On CPU (an attention backend without prefix-LM ranges) a checkpoint with bidirectional image attention
-is refused, never served with causal masks."""
+together (causal image attention; the other modes are test_image_attention.py's), and a checkpoint in the upstream
+port's layout with its own "images" attention."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import assert_matches, release, run_reference  # noqa: E402
+from harness import (assert_matches, generate_images, image_requests, release, run_reference,  # noqa: E402
+                     write_images)
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -29,12 +27,7 @@ LEAD_TEXT = "read the table and give the value"  # ~20 tokens: the image then sp
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     out = tmp_path_factory.mktemp("zaya_vl")
-    rng = np.random.default_rng(0)
-    paths = []
-    for index, (width, height) in enumerate([(90, 60), (56, 120), (200, 150)]):
-        path = out / f"image{index}.png"
-        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
-        paths.append(str(path))
+    paths = write_images(out, [(90, 60), (56, 120), (200, 150)], seed=0)
     spec = {
         "config": {"head_dim": 32}, "image_attention": "causal", "seed": 0, "std": 0.3, "max_new": MAX_NEW,
         "prompts": [
@@ -59,28 +52,16 @@ def llm(case):
     release(engine)
 
 
-def _requests(spec):
-    return [{"prompt": p["text"],
-             "multi_modal_data": {"image": [Image.open(path).convert("RGB") for path in p["images"]]}}
-            if p["images"] else {"prompt": p["text"]} for p in spec["prompts"]]
-
-
-def _generate(llm, requests):
-    from vllm import SamplingParams
-
-    return llm.generate(requests, SamplingParams(temperature=0, max_tokens=MAX_NEW, logprobs=0), use_tqdm=False)
-
-
 def test_prompts_are_expanded_as_our_processor_expands_them(llm, case):
     _, spec, expected = case
-    outputs = _generate(llm, _requests(spec))
+    outputs = generate_images(llm, image_requests(spec), MAX_NEW)
     for output, reference in zip(outputs, expected, strict=True):
         assert output.prompt_token_ids == reference["prompt_ids"]
 
 
 def test_one_image(llm, case):
     _, spec, expected = case
-    assert_matches(_generate(llm, _requests(spec)[:1]), expected[:1])
+    assert_matches(generate_images(llm, image_requests(spec)[:1], MAX_NEW), expected[:1])
 
 
 def test_image_straddling_a_prefill_chunk(llm, case):
@@ -92,42 +73,35 @@ def test_image_straddling_a_prefill_chunk(llm, case):
     first = straddler.index(image_id)
     last = len(straddler) - 1 - straddler[::-1].index(image_id)
     assert first < CHUNK <= last, "the last prompt's image must straddle the first prefill chunk's end"
-    assert_matches(_generate(llm, _requests(spec)[3:]), expected[3:])
+    assert_matches(generate_images(llm, image_requests(spec)[3:], MAX_NEW), expected[3:])
 
 
 def test_images_and_text_in_flight_together(llm, case):
     _, spec, expected = case
-    assert_matches(_generate(llm, _requests(spec)), expected)
-
-
-@pytest.mark.parametrize("mode", ["bidirectional", "images", "prefix"])
-def test_image_attention_that_cpu_cannot_serve_is_refused(case, tmp_path, mode):
-    from vllm import LLM
-
-    out, _, _ = case
-    checkpoint = tmp_path / mode
-    shutil.copytree(out / "checkpoint", checkpoint)
-    config = json.loads((checkpoint / "config.json").read_text())
-    config["image_attention"] = mode
-    (checkpoint / "config.json").write_text(json.dumps(config))
-    with pytest.raises(Exception, match="prefix-LM"):
-        LLM(model=str(checkpoint), dtype="float32", enforce_eager=True, enable_prefix_caching=False,
-            max_model_len=512, max_num_seqs=2, limit_mm_per_prompt={"image": 1})
+    assert_matches(generate_images(llm, image_requests(spec), MAX_NEW), expected)
 
 
 def test_upstream_port_layout(case, tmp_path_factory):
     # The same kind of model saved in the upstream transformers port's layout (its config says which delayed-value
-    # LoRA gate it uses): vLLM reads it through the port's key table and matches our model reading it.
+    # LoRA gate it uses, and its image tokens attend to every image token of the prompt, "images"): vLLM reads it
+    # through the port's key table, with no overrides, and matches our model reading it.
     from vllm import LLM
 
     _, spec, _ = case
     out = tmp_path_factory.mktemp("zaya_vl_port")
-    port_spec = {**spec, "layout": "transformers", "seed": 2}
+    port_spec = {**spec, "layout": "transformers", "seed": 2, "image_attention": "images"}
     expected = run_reference("vl", port_spec, out)
     engine = LLM(model=str(out / "checkpoint"), dtype="float32", enforce_eager=True, enable_prefix_caching=False,
-                 max_model_len=512, max_num_seqs=4, limit_mm_per_prompt={"image": 2}, seed=0,
-                 hf_overrides={"image_attention": "causal"})
+                 max_model_len=512, max_num_seqs=4, limit_mm_per_prompt={"image": 2}, seed=0)
     try:
-        assert_matches(_generate(engine, _requests(port_spec)), expected)
+        assert_matches(generate_images(engine, image_requests(port_spec), MAX_NEW), expected)
     finally:
         release(engine)
+
+
+def test_text_tokens_use_vllms_fused_moe_and_image_tokens_their_lora(llm):
+    # Text rows through vLLM's CPU fused-MoE kernel; image rows through our experts, which hold their vision LoRA.
+    layers = llm.apply_model(lambda model: [
+        (type(layer.mlp.fused).__name__, layer.mlp.experts.vision_adapters is not None)
+        for layer in model.model.layers])[0]
+    assert layers and all(layer == ("FusedExperts", True) for layer in layers)

@@ -30,6 +30,19 @@ def register() -> None:
     for architecture, target in ARCHITECTURES.items():
         if architecture not in supported:
             ModelRegistry.register_model(architecture, target)
+    _register_config_hooks()
+
+
+def _register_config_hooks() -> None:
+    """vLLM adjusts its engine config per architecture through ``MODELS_CONFIG_MAP``: ZAYA1-VL checkpoints whose
+    image tokens attend to later tokens need each prompt prefilled in one step."""
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    from zaya_vl.vllm.image_attention import WholePromptPrefill
+
+    for architecture, target in ARCHITECTURES.items():
+        if target.startswith("zaya_vl.vllm.vl:"):
+            MODELS_CONFIG_MAP.setdefault(architecture, WholePromptPrefill)
 
 
 __all__ = ["ARCHITECTURES", "register"]

@@ -54,9 +54,32 @@ def native_vl_config(config):
 
 
 def text_config(config):
-    """The LM's config inside a config of any of our kinds (text-only, native VL, reference VL)."""
+    """Our ``ZayaLMConfig`` for the LM inside a config of any of our kinds (text-only, native VL, reference VL)."""
     config = native_vl_config(config)
-    return getattr(config, "text_config", None) or config
+    return native_lm_config(getattr(config, "text_config", None) or config)
 
 
-__all__ += ["native_vl_config", "text_config"]
+def native_lm_config(config):
+    """A text config as our ``ZayaLMConfig``: vLLM's transformers reads a ``zaya`` checkpoint as its own
+    ``ZayaConfig``, which shares our field names but not our settings' derived properties the LM modules read."""
+    from zaya_vl.lm.config import ZayaLMConfig
+
+    if isinstance(config, ZayaLMConfig):
+        return config
+    cached = getattr(config, "_zaya_native", None)
+    if cached is None:
+        cached = ZayaLMConfig.from_dict(config.to_dict())
+        object.__setattr__(config, "_zaya_native", cached)
+    return cached
+
+
+__all__ += ["native_lm_config", "native_vl_config", "text_config"]
+
+
+def image_attention_mode(config) -> str:
+    """How image tokens attend in the checkpoint whose config vLLM loaded (``"causal"`` for a text model)."""
+    config = native_vl_config(config)
+    return getattr(config, "image_attention", None) if hasattr(config, "text_config") else "causal"
+
+
+__all__ += ["image_attention_mode"]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vllm.config import VllmConfig
+from vllm.forward_context import get_forward_context
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -25,36 +26,13 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 from vllm.sequence import IntermediateTensors
 
+from zaya_vl.lm.layers import ResidualScaling, RMSNorm
+from zaya_vl.lm.moe import Routing, ZayaExperts, ZayaRouter
 from zaya_vl.vllm.config import text_config as _text_config
 from zaya_vl.vllm.cca import CCA_STATE_COPY_FUNCS, CCAStateLayer, cca_state_shapes
+from zaya_vl.vllm.image_attention import ImageAttentionPlan, ImageSequence, attend_image_rows
 from zaya_vl.vllm.lora import add_gated_lora
 from zaya_vl.vllm.weights import native_weights
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), self.weight.shape, None, self.eps)
-        return (normed * self.weight.float()).to(self.weight.dtype)
-
-
-class ResidualScaling(nn.Module):
-    """``(branch + b₁)·s₁ + (residual + b₂)·s₂`` in fp32 (the residual stream's dtype)."""
-
-    def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.hidden_states_scale = nn.Parameter(torch.ones(hidden_size))
-        self.hidden_states_bias = nn.Parameter(torch.zeros(hidden_size))
-        self.residual_scale = nn.Parameter(torch.ones(hidden_size))
-        self.residual_bias = nn.Parameter(torch.zeros(hidden_size))
-
-    def forward(self, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        branch = (branch.float() + self.hidden_states_bias.float()) * self.hidden_states_scale.float()
-        return branch + (residual + self.residual_bias.float()) * self.residual_scale.float()
 
 
 class PartialRotary(nn.Module):
@@ -101,6 +79,7 @@ class ZayaAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                             config.head_dim)
         layer_type = config.layer_types[layer_idx]
+        self.sliding_window = config.sliding_window if layer_type == "hybrid_sliding" else None
         self.qkv_proj = CCAStateLayer(config, layer_idx, dtype, prefix=f"{prefix}.qkv_proj")
         self.qk_norm = QKNorm(config)
         self.rotary = PartialRotary(config.head_dim, config.rope_parameters[layer_type])
@@ -115,131 +94,109 @@ class ZayaAttention(nn.Module):
         self.attn = Attention(
             self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads,
             cache_config=vllm_config.cache_config,
-            per_layer_sliding_window=config.sliding_window if layer_type == "hybrid_sliding" else None,
+            per_layer_sliding_window=self.sliding_window,
             prefix=f"{prefix}.attn",
         )
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, image_token: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, image_token: torch.Tensor | None,
+                image_sequences: list[ImageSequence] = ()) -> torch.Tensor:
         heads, values = self.qkv_proj(x, image_token)
         heads = self.rotary(self.qk_norm(heads), positions)
-        query = heads[:, : self.num_heads].reshape(x.shape[0], -1)
-        key = heads[:, self.num_heads:].reshape(x.shape[0], -1)
-        out = self.attn(query.contiguous(), key.contiguous(), values.contiguous())
+        query = heads[:, : self.num_heads].reshape(x.shape[0], -1).contiguous()
+        key = heads[:, self.num_heads:].reshape(x.shape[0], -1).contiguous()
+        values = values.contiguous()
+        out = self.attn(query, key, values)
+        # vLLM's attention is causal; image rows that see later image tokens are attended again under our mask.
+        out = attend_image_rows(out, query, key, values, image_sequences, num_heads=self.num_heads,
+                                num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                                sliding_window=self.sliding_window)
         projected = self.o_proj(out)
         if self.vision_adapters is not None:
             projected = add_gated_lora(projected, out, self.vision_adapters["o"], image_token)
         return projected
 
 
-class RouterMLP(nn.Module):
-    def __init__(self, hidden: int, num_classes: int, eps: float) -> None:
-        super().__init__()
-        self.norm = RMSNorm(hidden, eps)
-        self.fc1 = nn.Linear(hidden, hidden, bias=True)
-        self.fc2 = nn.Linear(hidden, hidden, bias=True)
-        self.out_proj = nn.Linear(hidden, num_classes, bias=False)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = F.rms_norm(h, self.norm.weight.shape, self.norm.weight.float(), self.norm.eps)
-        h = F.gelu(F.linear(h, self.fc1.weight.float(), self.fc1.bias.float()))
-        h = F.gelu(F.linear(h, self.fc2.weight.float(), self.fc2.bias.float()))
-        return F.linear(h, self.out_proj.weight.float())
-
-
-class ZayaRouter(nn.Module):
-    """fp32 MLP router: top-1 of ``softmax + balancing_biases`` over experts + skip; weight = unbiased prob."""
-
-    def __init__(self, config, layer_idx: int) -> None:
-        super().__init__()
-        self.num_experts = config.num_experts
-        self.down_proj = nn.Linear(config.hidden_size, config.router_hidden_size, bias=True)
-        self.use_eda = layer_idx != 0
-        if self.use_eda:
-            self.router_states_scale = nn.Parameter(torch.ones(config.router_hidden_size))
-        eps = getattr(config, "router_rms_norm_eps", None)
-        self.router_mlp = RouterMLP(config.router_hidden_size, config.num_experts + 1,
-                                    config.rms_norm_eps if eps is None else eps)
-        self.register_buffer("balancing_biases", torch.zeros(config.num_experts + 1, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor, previous_state: torch.Tensor | None):
-        state = F.linear(x.float(), self.down_proj.weight.float(), self.down_proj.bias.float())
-        if self.use_eda and previous_state is not None:
-            state = state + previous_state * self.router_states_scale.float()
-        probs = torch.softmax(self.router_mlp(state), dim=-1)
-        expert = torch.argmax(probs + self.balancing_biases.float(), dim=-1)
-        weight = probs.gather(1, expert[:, None]).squeeze(1)
-        return expert, weight, state
-
-
-class ZayaExperts(nn.Module):
-    """SwiGLU experts stored fused (gate_up (E, 2I, H), gate rows first; down (E, H, I)).
-
-    Each expert's tokens run as two GEMMs; image tokens additionally get their expert's vision LoRA deltas
-    (before the activation on gate_up, after it on down), computed on the image rows only.
-    """
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        E, H, I = config.num_experts, config.hidden_size, config.moe_intermediate_size
-        self.num_experts, self.intermediate = E, I
-        self.skip_output = getattr(config, "skip_expert_output", "zero")
-        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, H))
-        self.down_proj = nn.Parameter(torch.empty(E, H, I))
-        rank = getattr(config, "vision_lora_rank_mlp", 0) or 0
-        if rank:
-            self.vision_adapters = nn.ModuleDict({
-                "gate_up": _ExpertLoRA(E, H, 2 * I, rank), "down": _ExpertLoRA(E, I, H, rank)})
-        else:
-            self.vision_adapters = None
-
-    def forward(self, x: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor,
-                image_token: torch.Tensor | None) -> torch.Tensor:
-        if self.skip_output == "zero":
-            out = torch.zeros_like(x)
-        else:  # the reference layout's skip expert: router probability × its input
-            out = x * ((expert == self.num_experts).to(x.dtype) * weight.to(x.dtype))[:, None]
-        use_adapters = self.vision_adapters is not None and image_token is not None and bool(image_token.any())
-        for e in torch.unique(expert).tolist():
-            if e == self.num_experts:
-                continue
-            rows = (expert == e).nonzero().squeeze(1)
-            xs = x.index_select(0, rows)
-            hidden = xs @ self.gate_up_proj[e].t().to(x.dtype)
-            image = image_token.index_select(0, rows).nonzero().squeeze(1) if use_adapters else None
-            if image is not None and image.numel():
-                hidden = hidden.index_add(0, image, self._delta("gate_up", e, xs.index_select(0, image)))
-            gate, up = hidden.split(self.intermediate, dim=-1)
-            activated = F.silu(gate) * up
-            y = activated @ self.down_proj[e].t().to(x.dtype)
-            if image is not None and image.numel():
-                y = y.index_add(0, image, self._delta("down", e, activated.index_select(0, image)))
-            y = y * weight.index_select(0, rows)[:, None].to(y.dtype)
-            out = out.index_copy(0, rows, y.to(out.dtype))
-        return out
-
-    def _delta(self, name: str, e: int, rows: torch.Tensor) -> torch.Tensor:
-        adapter = self.vision_adapters[name]
-        return (rows @ adapter.A[e].t().to(rows.dtype)) @ adapter.B[e].t().to(rows.dtype)
-
-
-class _ExpertLoRA(nn.Module):
-    """Per-expert vision LoRA factors, named as ``zaya_vl.lora.gated.GatedExpertLoRA`` names them."""
-
-    def __init__(self, num_experts: int, in_features: int, out_features: int, rank: int) -> None:
-        super().__init__()
-        self.A = nn.Parameter(torch.zeros(num_experts, rank, in_features))
-        self.B = nn.Parameter(torch.zeros(num_experts, out_features, rank))
-
-
 class ZayaMoE(nn.Module):
+    """Our router and experts (``zaya_vl.lm.moe``: the same modules, names and code as ``ZayaLM``'s). Where vLLM's
+    CPU fused-MoE kernel applies (``pack_fused_experts``, after loading), text tokens' experts run through it;
+    image tokens, which need their expert's vision LoRA inside the SwiGLU, keep our experts' path."""
+
     def __init__(self, config, layer_idx: int) -> None:
         super().__init__()
-        self.gate = ZayaRouter(config, layer_idx)
+        self.gate = ZayaRouter(config, layer_idx).float()  # fp32 whatever the model dtype, as in our model
         self.experts = ZayaExperts(config)
+        self.fused: FusedExperts | None = None
 
     def forward(self, x, previous_state, image_token):
-        expert, weight, state = self.gate(x, previous_state)
-        return self.experts(x, expert, weight, image_token), state
+        routing = self.gate(x, previous_state)
+        if self.fused is None:
+            out = self.experts(x, routing, image_token)
+        elif image_token is None:
+            out = self.fused(x, routing, self.experts)
+        else:  # text rows through the fused kernel, image rows through our experts with their LoRA
+            image_rows, text_rows = image_token.nonzero().squeeze(1), (~image_token).nonzero().squeeze(1)
+            out = torch.empty_like(x)
+            if text_rows.numel():
+                out[text_rows] = self.fused(x[text_rows], _select(routing, text_rows), self.experts)
+            out[image_rows] = self.experts(x[image_rows], _select(routing, image_rows),
+                                           image_token.new_ones(image_rows.numel()))
+        return out, routing.router_state
+
+
+def _select(routing: Routing, rows: torch.Tensor) -> Routing:
+    return Routing(expert=routing.expert[rows], weight=routing.weight[rows], router_state=None, logits=None)
+
+
+class FusedExperts:
+    """vLLM's CPU fused MoE (``cpu_fused_moe``, its portable vector kernel) over one layer's experts, routed by
+    our router: top-1, a skip-routed token goes to expert 0 with weight 0 and then gets the skip expert's output
+    (as upstream transformers' MoE integration routes skip). The experts' weights are prepacked once into the
+    kernel's layout (the intermediate size zero-padded to its alignment)."""
+
+    ISA = "vec"
+    ALIGNMENT = 32
+
+    def __init__(self, experts: ZayaExperts) -> None:
+        from vllm._custom_ops import cpu_prepack_moe_weight
+
+        gate_up, down = experts.gate_up_proj.data, experts.down_proj.data
+        E, two_i, H = gate_up.shape
+        inter = two_i // 2
+        padded = -(-inter // self.ALIGNMENT) * self.ALIGNMENT
+        if padded != inter:  # gate rows then up rows, each zero-padded; down's extra input columns zero
+            gate_up = torch.cat([F.pad(gate_up[:, :inter], (0, 0, 0, padded - inter)),
+                                 F.pad(gate_up[:, inter:], (0, 0, 0, padded - inter))], dim=1)
+            down = F.pad(down, (0, padded - inter))
+        self.gate_up = cpu_prepack_moe_weight(gate_up.contiguous(), self.ISA)
+        self.down = cpu_prepack_moe_weight(down.contiguous(), self.ISA)
+
+    @classmethod
+    def applies(cls, experts: ZayaExperts) -> bool:
+        weight = experts.gate_up_proj
+        return (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
+                and weight.shape[-1] % cls.ALIGNMENT == 0 and hasattr(torch.ops._C, "cpu_fused_moe"))
+
+    def __call__(self, x: torch.Tensor, routing: Routing, experts: ZayaExperts) -> torch.Tensor:
+        from vllm._custom_ops import cpu_fused_moe
+
+        skipped = routing.expert == experts.num_experts
+        ids = torch.where(skipped, 0, routing.expert).to(torch.int32)[:, None]
+        weights = torch.where(skipped, 0.0, routing.weight.float())[:, None]
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        cpu_fused_moe(out, x, self.gate_up, self.down, None, None, weights, ids, "silu", self.ISA, False)
+        return torch.where(skipped[:, None], experts._skip_rows(x, routing), out)
+
+
+def pack_fused_experts(model: nn.Module) -> None:
+    """After loading: give each MoE layer vLLM's fused kernel where it applies. Without vision LoRA nothing reads
+    the experts' unpacked weights any more, so they are released (the packed copy replaces them)."""
+    for module in model.modules():
+        if isinstance(module, ZayaMoE) and FusedExperts.applies(module.experts):
+            module.fused = FusedExperts(module.experts)
+            if module.experts.vision_adapters is None:
+                module.experts.gate_up_proj.data = module.experts.gate_up_proj.data.new_empty(0)
+                module.experts.down_proj.data = module.experts.down_proj.data.new_empty(0)
 
 
 class ZayaDecoderLayer(nn.Module):
@@ -252,19 +209,23 @@ class ZayaDecoderLayer(nn.Module):
         self.post_attention_residual_scale = ResidualScaling(config.hidden_size)
         self.post_mlp_residual_scale = ResidualScaling(config.hidden_size)
 
-    def forward(self, residual, router_state, positions, image_token):
-        attn_out = self.self_attn(self.input_layernorm(residual), positions, image_token)
+    def forward(self, residual, router_state, positions, image_token, image_sequences=()):
+        dtype = self.input_layernorm.weight.dtype  # the residual stream is fp32; each branch runs in the model's
+        attn_out = self.self_attn(self.input_layernorm(residual.to(dtype)), positions, image_token, image_sequences)
         residual = self.post_attention_residual_scale(attn_out, residual)
-        mlp_out, router_state = self.mlp(self.post_attention_layernorm(residual), router_state, image_token)
+        mlp_out, router_state = self.mlp(self.post_attention_layernorm(residual.to(dtype)), router_state,
+                                         image_token)
         return self.post_mlp_residual_scale(mlp_out, residual), router_state
 
 
 class ZayaModel(nn.Module):
     """The decoder stack (``model.*`` in our checkpoints)."""
 
-    def __init__(self, config, vllm_config: VllmConfig, prefix: str = "model") -> None:
+    def __init__(self, config, vllm_config: VllmConfig, prefix: str = "model", image_attention: str = "causal"
+                 ) -> None:
         super().__init__()
         self.config = config
+        self.image_attention = ImageAttentionPlan(image_attention) if image_attention != "causal" else None
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(ZayaDecoderLayer(config, i, vllm_config, prefix=f"{prefix}.layers.{i}")
                                     for i in range(config.num_hidden_layers))
@@ -277,9 +238,19 @@ class ZayaModel(nn.Module):
             inputs_embeds = self.embed_tokens(input_ids)
         residual = ((inputs_embeds + self.input_hidden_states_bias) * self.input_hidden_states_scale).float()
         router_state = None
+        image_sequences = self._image_sequences(image_token)
         for layer in self.layers:
-            residual, router_state = layer(residual, router_state, positions, image_token)
-        return self.norm(residual)
+            residual, router_state = layer(residual, router_state, positions, image_token, image_sequences)
+        return self.norm(residual.to(self.norm.weight.dtype))
+
+    def _image_sequences(self, image_token: torch.Tensor | None) -> list[ImageSequence]:
+        """This step's prefill sequences whose image rows attend beyond causal (one plan for all layers)."""
+        if self.image_attention is None:
+            return []
+        state_layer = self.layers[0].self_attn.qkv_proj
+        attn_metadata = get_forward_context().attn_metadata
+        metadata = attn_metadata.get(state_layer.prefix) if isinstance(attn_metadata, dict) else None
+        return self.image_attention(image_token, metadata)
 
 
 class ZayaStateMixin(HasInnerState, IsHybrid):
@@ -325,7 +296,9 @@ class ZayaForCausalLM(nn.Module, ZayaStateMixin):
         return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return load_by_name(self, native_weights(weights, self.config))
+        loaded = load_by_name(self, native_weights(weights, self.config))
+        pack_fused_experts(self)
+        return loaded
 
 
 def load_by_name(module: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -365,4 +338,4 @@ def _check_supported(vllm_config: VllmConfig, config) -> None:
         raise NotImplementedError("lm_head_bias=True is not supported by the vLLM plugin.")
 
 
-__all__ = ["ZayaForCausalLM", "ZayaModel", "ZayaStateMixin", "load_by_name"]
+__all__ = ["ZayaForCausalLM", "ZayaModel", "ZayaStateMixin", "load_by_name", "pack_fused_experts"]

@@ -7,10 +7,10 @@ images become Qwen2.5-VL patches (the checkpoint's image processor); vLLM replac
 tokens with the tower's output. The positions that receive image features switch the vision LoRA on; text tokens
 never see it.
 
-Image attention (``ZayaVLConfig.image_attention``): ``"causal"`` runs on every vLLM attention backend.
-``"bidirectional"`` (each image's tokens see the whole image) needs vLLM's prefix-LM ranges, which only some
-backends honour (``supports_mm_prefix``); ``"images"`` and ``"prefix"`` are not per-image ranges at all. Where
-the mode cannot be served, CPU included, the model refuses to load rather than serve causal masks silently.
+Image attention (``ZayaVLConfig.image_attention``): every mode is served on every vLLM attention backend. vLLM's
+attention gives the causal rows; the rows of image tokens that see later tokens are attended again under our
+model's own mask (``zaya_vl.vllm.image_attention``), which needs each prompt with images prefilled in one step:
+the plugin configures vLLM's scheduler so, and refuses a step that splits such a prompt.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from vllm.multimodal.processing.processor import PromptReplacement, PromptUpdate
 from vllm.sequence import IntermediateTensors
 
 from zaya_vl.vllm.config import native_vl_config
-from zaya_vl.vllm.lm import ZayaModel, ZayaStateMixin, _check_supported, load_by_name
+from zaya_vl.vllm.lm import ZayaModel, ZayaStateMixin, _check_supported, load_by_name, pack_fused_experts
 from zaya_vl.vllm.weights import checkpoint_layout, native_weights
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -158,34 +158,17 @@ class ZayaVLForConditionalGeneration(nn.Module, SupportsMultiModal, ZayaStateMix
         vision_config._attn_implementation = vision_config._attn_implementation or "sdpa"
         self.vision_tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(
             vision_config, dtype=vllm_config.model_config.dtype)
-        self.model = ZayaModel(text, vllm_config, prefix="model")
+        self.model = ZayaModel(text, vllm_config, prefix="model", image_attention=config.image_attention)
         self.lm_head = ParallelLMHead(text.vocab_size, text.hidden_size, prefix="lm_head")
         if getattr(text, "tie_word_embeddings", True):
             self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
         self.logits_processor = LogitsProcessor(text.vocab_size)
-        self._check_image_attention(vllm_config)
-
-    def _check_image_attention(self, vllm_config: VllmConfig) -> None:
-        """Serve only the image attention vLLM can express here; refuse the rest rather than attend causally."""
-        mode = getattr(self.config, "image_attention", "causal")
-        if mode == "causal":
-            return
-        if mode == "bidirectional":  # each image's tokens see the whole image: vLLM's per-item prefix-LM ranges
-            backend = self.model.layers[0].self_attn.attn.attn_backend
-            if vllm_config.model_config.is_mm_prefix_lm and backend.supports_mm_prefix():
-                return
-            reason = (f"the attention backend {backend.get_name()} ignores vLLM's prefix-LM ranges"
-                      if not backend.supports_mm_prefix() else "the model config does not enable prefix-LM ranges")
-            hint = ("Serve it on a backend that honours them (FlexAttention, Triton) with "
-                    "hf_overrides={'is_mm_prefix_lm': True}, or ")
-        else:  # "images" (all images of a sample see each other), "prefix": not per-item ranges at all
-            reason = "vLLM's prefix-LM ranges (one per image) cannot express it"
-            hint = ""
-        raise ValueError(
-            f"This ZAYA1-VL checkpoint has image_attention={mode!r}, but {reason}, so images would be attended "
-            f"causally and answers would differ from the model's. {hint}"
-            "serve with plain causal attention explicitly: hf_overrides={'image_attention': 'causal'} "
-            "(Zyphra's reference code attends causally with eager and SDPA attention).")
+        if vllm_config.model_config.is_mm_prefix_lm:
+            # vLLM's per-image prefix-LM ranges (honoured by some GPU backends) would also open the span's
+            # <start_of_image> and <end_of_image>, which attend causally in our model; the plugin applies the
+            # checkpoint's own image attention itself, on every backend.
+            raise ValueError("Do not enable vLLM's prefix-LM ranges (is_mm_prefix_lm) for ZAYA1-VL: the plugin "
+                             f"applies the checkpoint's image attention ({config.image_attention!r}) itself.")
 
     # -- images ----------------------------------------------------------------------------------------
     def embed_multimodal(self, **kwargs: object):
@@ -241,7 +224,9 @@ class ZayaVLForConditionalGeneration(nn.Module, SupportsMultiModal, ZayaStateMix
         return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return load_by_name(self, native_weights(weights, self.text_config, self.layout))
+        loaded = load_by_name(self, native_weights(weights, self.text_config, self.layout))
+        pack_fused_experts(self)
+        return loaded
 
 
 __all__ = ["ZayaVLForConditionalGeneration", "ZayaVLMultiModalProcessor", "ZayaVLProcessingInfo"]
