@@ -24,21 +24,12 @@ from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast
 
 
 class ZayaGenerationMixin(GenerationMixin):
-    _is_stateful = True
+    """Models list this mixin *before* their pretrained base: ``PreTrainedModel`` also defines
+    ``get_compiled_call``, ``_default_compile_config``, ``_is_stateful`` and the embedding accessors, and with it
+    first the compiled decode step would run with transformers' defaults (no fullgraph, our derived weights rebuilt
+    inside every step)."""
 
-    def __init_subclass__(cls, **kwargs) -> None:
-        # Models list ``PreTrainedModel`` (through their pretrained base) before this mixin, and transformers
-        # defines some of the same names there (``get_compiled_call``, ``_default_compile_config``,
-        # ``_is_stateful``, the embedding accessors): left alone, theirs would win and the compiled decode step
-        # would run with transformers' defaults (no fullgraph, our derived weights rebuilt inside every step).
-        # Bind ours wherever the class would otherwise take a transformers definition.
-        super().__init_subclass__(**kwargs)
-        for name, value in ZayaGenerationMixin.__dict__.items():
-            if name.startswith("__"):
-                continue
-            owner = next(c for c in cls.__mro__ if name in c.__dict__)
-            if owner is not ZayaGenerationMixin and owner.__module__.startswith("transformers."):
-                setattr(cls, name, value)
+    _is_stateful = True
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens

@@ -11,7 +11,7 @@ can take its fast ``is_causal`` path. Queries are the last ``query_length`` of t
 - A padded query row would have nothing to attend to; it attends to itself so no NaN is produced (its
   output is never used, but a NaN would leak through the CCA convolution into real tokens).
 
-FlexAttention gets the same rules (``_may_attend``, shared with the dense builder) as a ``BlockMask`` from
+FlexAttention gets the same rules (``may_attend``, shared with the dense builder) as a ``BlockMask`` from
 ``to_block_mask``, evaluated per (query, key) pair on the per-token tensors.
 """
 
@@ -50,7 +50,7 @@ def build_attention_mask(
         return ids[:, None, :] if ids is not None else None
 
     padding_mask = padding_mask.bool() if padding_mask is not None else None
-    allowed = _may_attend(
+    allowed = may_attend(
         query_pos, key_pos, sliding_window=sliding_window if window_matters else None,
         query_real=per_query(padding_mask), key_real=per_key(padding_mask),
         query_span=per_query(image_span_ids), key_span=per_key(image_span_ids),
@@ -62,7 +62,7 @@ def build_attention_mask(
     return allowed.expand(batch_size, -1, -1, -1) if allowed.shape[0] == 1 else allowed
 
 
-def _may_attend(query_pos, key_pos, *, sliding_window, query_real, key_real, query_span, key_span, query_segment,
+def may_attend(query_pos, key_pos, *, sliding_window, query_real, key_real, query_span, key_span, query_segment,
                 key_segment):
     """The rules, written once, on anything that broadcasts: (Q, K) grids of positions with (b, Q, 1) / (b, 1, K)
     per-token facts for the dense mask, or scalars for FlexAttention's ``mask_mod``. A per-token fact that is
@@ -106,7 +106,7 @@ def to_block_mask(
         def at(ids, position):
             return ids[b, position] if ids is not None else None
 
-        return _may_attend(
+        return may_attend(
             query_pos, k, sliding_window=window,
             query_real=at(padding_mask, query_pos), key_real=at(padding_mask, k),
             query_span=at(image_span_ids, query_pos), key_span=at(image_span_ids, k),

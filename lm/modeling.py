@@ -353,7 +353,7 @@ class ZayaLMModel(ZayaPreTrainedModel):
             routings=_STATIC_STEP_ROUTINGS)
 
 
-class ZayaLM(ZayaPreTrainedModel, ZayaGenerationMixin):
+class ZayaLM(ZayaGenerationMixin, ZayaPreTrainedModel):
     """ZAYA1 causal LM (upstream ``ZayaForCausalLM`` layout): ``model.*`` + tied ``lm_head``."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}

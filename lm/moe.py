@@ -117,7 +117,7 @@ class ZayaExperts(nn.Module):
         counts = torch.bincount(routing.expert, minlength=E + 1)
         computed = int(x.shape[0] - counts[E])
         if computed == 0:
-            return self._skip_rows(x, routing).to(x_in.dtype)
+            return self.skip_rows(x, routing).to(x_in.dtype)
         rows = order[:computed]
         expert_ends = torch.cumsum(counts[:E], dim=0)
         x_sorted = x.index_select(0, rows)
@@ -135,7 +135,7 @@ class ZayaExperts(nn.Module):
         y = grouped_linear(activated, self.down_proj, expert_ends, lora("down"))
         y = y * routing.weight.index_select(0, rows)[:, None].to(y.dtype)
 
-        out = self._skip_rows(x, routing)
+        out = self.skip_rows(x, routing)
         return out.index_copy(0, rows, y.to(out.dtype)).to(x_in.dtype)
 
     def _grouped_on_device(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
@@ -148,7 +148,7 @@ class ZayaExperts(nn.Module):
         if not _grouped_mm_fits(x, self) and kernel_backend(x.device, x.dtype) != "triton":
             # No grouped kernel here (the torch loop would read the offsets on the host): each token gathers.
             y = self._gathered_tokens(x, routing.expert) * routing.weight[:, None].to(x.dtype)
-            return torch.where(skipped[:, None], self._skip_rows(x, routing), y.to(x.dtype))
+            return torch.where(skipped[:, None], self.skip_rows(x, routing), y.to(x.dtype))
         order = torch.argsort(routing.expert, stable=True)
         counts = torch.histc(routing.expert.float(), bins=E, min=0, max=E - 1)  # drops skip (== E)
         expert_ends = torch.cumsum(counts, dim=0).to(torch.int32)
@@ -156,10 +156,10 @@ class ZayaExperts(nn.Module):
         y = grouped_linear(activated, self.down_proj, expert_ends)
         y = y * routing.weight.index_select(0, order)[:, None].to(y.dtype)
         y = torch.where(skipped.index_select(0, order)[:, None], 0.0, y)  # also clears the unwritten rows
-        out = self._skip_rows(x, routing)
+        out = self.skip_rows(x, routing)
         return out.index_add(0, order, y.to(out.dtype))
 
-    def _skip_rows(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+    def skip_rows(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         """The output every token starts from: what skip-routed tokens receive."""
         if self.skip_output == "zero":
             return torch.zeros_like(x)
@@ -178,7 +178,7 @@ class ZayaExperts(nn.Module):
             y = self._gathered_tokens(x, routing.expert)  # skip rows: expert 0's output, replaced below
         y = (y * routing.weight[:, None].to(y.dtype)).to(x.dtype)
         skipped = (routing.expert == self.num_experts)[:, None]
-        return torch.where(skipped, self._skip_rows(x, routing), y)
+        return torch.where(skipped, self.skip_rows(x, routing), y)
 
     def _gathered_tokens(self, x: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """Each token through its expert, the expert chosen on the device (skip-routed tokens through expert 0;

@@ -239,7 +239,7 @@ class ZayaVLModel(ZayaVLPreTrainedModel):
                                          routings=outputs.routings, image_hidden_states=image_features)
 
 
-class ZayaVL(ZayaVLPreTrainedModel, ZayaGenerationMixin):
+class ZayaVL(ZayaGenerationMixin, ZayaVLPreTrainedModel):
     """ZAYA1-VL for image-text-to-text generation: the headless :class:`ZayaVLModel` as ``model``, ``lm_head``
     and ``generate()``.
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zaya_vl.lm.masks import _may_attend as may_attend  # the mask rules our model attends by
+from zaya_vl.lm.masks import may_attend  # the mask rules our model attends by
 from zaya_vl.lm.masks import image_attention_spans
 
 logger = logging.getLogger(__name__)

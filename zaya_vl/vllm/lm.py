@@ -185,7 +185,7 @@ class FusedExperts:
         x = x.contiguous()
         out = torch.empty_like(x)
         cpu_fused_moe(out, x, self.gate_up, self.down, None, None, weights, ids, "silu", self.ISA, False)
-        return torch.where(skipped[:, None], experts._skip_rows(x, routing), out)
+        return torch.where(skipped[:, None], experts.skip_rows(x, routing), out)
 
 
 def pack_fused_experts(model: nn.Module) -> None:
