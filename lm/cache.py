@@ -25,9 +25,11 @@ from zaya_vl.lm.config import ZayaLMConfig
 
 def decoder_layer_devices(model: torch.nn.Module) -> list[torch.device]:
     """The device of each ZAYA1 decoder layer of ``model`` (an LM or a VL model), in layer order."""
+    from zaya_vl.lm.modeling import ZayaDecoderLayer  # here: the model's module imports this one
+
     devices = []
     for module in model.modules():
-        if type(module).__name__ == "ZayaDecoderLayer":
+        if isinstance(module, ZayaDecoderLayer):
             devices.append(module.input_layernorm.weight.device)
     return devices
 

@@ -19,9 +19,11 @@ from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lm.layers import ResidualScaling, RMSNorm, RotaryEmbedding
 from zaya_vl.lm.generation import ZayaGenerationMixin
 from zaya_vl.lm.masks import IMAGE_ATTENTION_MODES, build_attention_mask, image_attention_spans, to_block_mask
-from zaya_vl.lm.moe import Routing, ZayaMoE, ZayaRouter
+from zaya_vl.lm.cca import QKNorm
+from zaya_vl.lm.moe import Routing, ZayaExperts, ZayaMoE, ZayaRouter
 from zaya_vl.lm.outputs import ZayaCausalLMOutputWithPast, ZayaModelOutputWithPast
 from zaya_vl.lm.strict_loading import StrictLoadingMixin
+from zaya_vl.lora.gated import GatedExpertLoRA, GatedLoRA
 
 
 class RoutingStore:
@@ -119,17 +121,17 @@ class ZayaPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
                 getattr(module, name).fill_(1.0)
             for name in ("hidden_states_bias", "residual_bias"):
                 getattr(module, name).zero_()
-        elif module.__class__.__name__ == "ZayaRouter":
+        elif isinstance(module, ZayaRouter):
             if module.use_eda:
                 module.router_states_scale.fill_(1.0)
             module.balancing_biases.zero_()
             module.balancing_biases[-1] = -1.0
-        elif module.__class__.__name__ == "ZayaExperts":
+        elif isinstance(module, ZayaExperts):
             module.gate_up_proj.normal_(0.0, std)
             module.down_proj.normal_(0.0, std)
-        elif module.__class__.__name__ == "QKNorm":
+        elif isinstance(module, QKNorm):
             module.temp.fill_(1.0)
-        elif module.__class__.__name__ in ("GatedLoRA", "GatedExpertLoRA"):
+        elif isinstance(module, (GatedLoRA, GatedExpertLoRA)):
             module.A.normal_(0.0, std)
             module.B.zero_()  # adapters start as the identity
         elif isinstance(module, RotaryEmbedding):

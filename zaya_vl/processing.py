@@ -458,15 +458,4 @@ class Zaya1VLProcessor(ZayaVLProcessor):
     """
 
 
-def register_processor() -> None:
-    """Let ``AutoProcessor`` find our processor for ``zaya_vl`` checkpoints and for ``zaya1_vl`` ones (Zyphra's
-    release and the transformers port's layout); safe to call more than once."""
-    from zaya_vl import configuration
-
-    AutoProcessor.register(configuration.ZayaVLConfig, ZayaVLProcessor, exist_ok=True)
-    reference_config = getattr(configuration, "ReferenceZayaVLConfig", None)
-    if reference_config is not None:
-        AutoProcessor.register(reference_config, Zaya1VLProcessor, exist_ok=True)
-
-
-__all__ = ["ImageTokenCount", "Zaya1VLProcessor", "ZayaVLProcessor", "register_processor"]
+__all__ = ["ImageTokenCount", "Zaya1VLProcessor", "ZayaVLProcessor"]

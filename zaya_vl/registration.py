@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 _done = False
 
@@ -24,9 +24,10 @@ def register() -> None:
     AutoModel.register(ReferenceZayaVLConfig, ReferenceLayoutZayaVLModel, exist_ok=True)
     # AutoProcessor for both model types: `zaya1_vl` folders (Zyphra's release, the transformers port's layout)
     # otherwise resolve to a bare tokenizer.
-    from zaya_vl.processing import register_processor
+    from zaya_vl.processing import Zaya1VLProcessor, ZayaVLProcessor
 
-    register_processor()
+    AutoProcessor.register(ZayaVLConfig, ZayaVLProcessor, exist_ok=True)
+    AutoProcessor.register(ReferenceZayaVLConfig, Zaya1VLProcessor, exist_ok=True)
     _done = True
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoProcessor, Qwen2VLImageProcessorPil
 
 import zaya_vl  # noqa: F401  (registers the Auto classes)
-from zaya_vl.processing import ImageTokenCount, ZayaVLProcessor, register_processor
+from zaya_vl.processing import ImageTokenCount, ZayaVLProcessor
 from zaya_vl.testing import TINY_PIXELS, build_tiny_processor
 from zaya_vl.vision import ImageLoadError
 
@@ -208,9 +208,6 @@ def test_save_load_round_trip_is_identical(tmp_path):
             assert torch.equal(before[key], after[key]), key
 
 
-def test_register_processor_twice_is_harmless():
-    register_processor()
-    register_processor()
 
 
 def test_mismatched_placeholders_and_images_name_the_problem(processor):
