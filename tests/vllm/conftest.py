@@ -7,7 +7,8 @@ import os
 try:
     import vllm  # noqa: F401
 except ImportError:  # the project's own venv: only the tests that need no engine run (test_weights.py)
-    collect_ignore = ["test_lm.py", "test_vl.py", "test_image_attention.py", "test_serve.py"]
+    collect_ignore = ["test_lm.py", "test_vl.py", "test_image_attention.py", "test_serve.py", "test_tensor_parallel.py",
+                      "test_tensor_parallel_vl.py"]
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: faster, debuggable
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")          # GiB; the default would take a large share of RAM

@@ -33,6 +33,20 @@ def run_reference(kind: str, spec: dict, out_dir: Path) -> list[dict]:
     return json.loads((out_dir / "reference.json").read_text())
 
 
+TP = 2  # ranks of the tensor-parallel tests
+
+
+def tp_engine(checkpoint, **kwargs):
+    """An fp32 engine over TP ranks on CPU."""
+    from vllm import LLM
+
+    with pytest.MonkeyPatch.context() as env:
+        # vLLM binds each CPU rank's threads to a NUMA node of its own by default; a test machine may have one.
+        env.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        return LLM(model=str(checkpoint), dtype="float32", enforce_eager=True, enable_prefix_caching=False,
+                   seed=0, tensor_parallel_size=TP, **kwargs)
+
+
 def chosen_logprobs(completion) -> list[float]:
     """Each step's log-probability of the token vLLM chose."""
     return [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]

@@ -29,7 +29,9 @@ from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
 from zaya_vl.lm.cca import CCAProjection
 from zaya_vl.lm.config import ZayaLMConfig
+from zaya_vl.lora.gated import GatedLoRA
 from zaya_vl.vllm.lora import add_gated_lora
+from zaya_vl.vllm.parallel import AttentionShard, load_slice, local_config, tp_rank_and_size
 
 BACKEND_NAME = "ZAYA_CCA"
 
@@ -80,10 +82,11 @@ def _lm_config(config) -> ZayaLMConfig:
     return config if isinstance(config, ZayaLMConfig) else ZayaLMConfig(**config.to_dict())
 
 
-def cca_state_shapes(config) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(conv window, raw q|k channels) and (delayed value width + vision LoRA rank)."""
+def cca_state_shapes(config, tp_size: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(conv window, this rank's raw q|k channels) and (delayed value width + vision LoRA rank): every rank
+    carries the whole delayed value (see ``zaya_vl.vllm.parallel``)."""
     config = _lm_config(config)
-    channels = (config.num_attention_heads + config.num_key_value_heads) * config.head_dim
+    channels = (config.num_attention_heads + config.num_key_value_heads) * config.head_dim // tp_size
     value_width = config.num_key_value_heads * config.head_dim // 2
     return (config.conv_window, channels), (value_width + config.vision_lora_rank_attn,)
 
@@ -100,14 +103,39 @@ class CCAStateLayer(MambaBase, CCAProjection):
     fuse_projections = False
 
     def __init__(self, config, layer_idx: int, dtype: torch.dtype, prefix: str) -> None:
-        super().__init__(_lm_config(config), layer_idx)
+        config = _lm_config(config)
+        rank, tp_size = tp_rank_and_size()
+        super().__init__(local_config(config, tp_size), layer_idx)
         self.prefix, self.state_dtype = prefix, dtype
-        self._shapes = cca_state_shapes(config)
+        self._shapes = cca_state_shapes(config, tp_size)
+        self.value_heads = slice(None)
+        if tp_size > 1:
+            self._shard(config, AttentionShard(config, rank, tp_size))
         self.kv_cache = (torch.tensor([]), torch.tensor([]))
         compilation_config = get_current_vllm_config().compilation_config
         if prefix in compilation_config.static_forward_context:
             raise ValueError(f"Duplicate layer name: {prefix}")
         compilation_config.static_forward_context[prefix] = self
+
+    def _shard(self, config, shard: AttentionShard) -> None:
+        """This rank's query and key heads (projections, convolutions, their LoRA); both value halves whole."""
+        self.value_width = config.num_key_value_heads * config.head_dim // 2
+        bias = config.attention_bias
+        self.v_proj_current = nn.Linear(self.hidden_size, self.value_width, bias=bias)
+        self.v_proj_delayed = nn.Linear(self.hidden_size, self.value_width, bias=bias)
+        self.value_heads = shard.values
+        projections = [(self.q_proj, shard.query), (self.k_proj, shard.key), (self.conv_qk_depthwise, shard.qk),
+                       (self.conv_qk_grouped, shard.qk)]
+        for module, rows in projections:
+            for param in (module.weight, module.bias):
+                if param is not None:
+                    load_slice(param, 0, rows)
+        if self.vision_adapters is not None:
+            rank = config.vision_lora_rank_attn
+            for name in ("v_current", "v_delayed"):
+                self.vision_adapters[name] = GatedLoRA(self.hidden_size, self.value_width, rank)
+            load_slice(self.vision_adapters["q"].B, 0, shard.query)
+            load_slice(self.vision_adapters["k"].B, 0, shard.key)
 
     # -- vLLM's hybrid-state interface ----------------------------------------------------------------
     def get_state_shape(self):
@@ -162,7 +190,7 @@ class CCAStateLayer(MambaBase, CCAProjection):
             # token's input (as the reference does).
             delta = previous[:, self.value_width:] @ self.vision_adapters["v_delayed"].B.t().to(x.dtype)
             value_delayed = value_delayed + delta * image_token[:, None].to(x.dtype)
-        values = torch.cat([value_current, value_delayed], dim=-1)
+        values = torch.cat([value_current, value_delayed], dim=-1)[:, self.value_heads]
         return heads, values
 
     def _initial_carried(self, carried: torch.Tensor) -> torch.Tensor:

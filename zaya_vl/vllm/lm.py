@@ -32,6 +32,8 @@ from zaya_vl.vllm.config import text_config as _text_config
 from zaya_vl.vllm.cca import CCA_STATE_COPY_FUNCS, CCAStateLayer, cca_state_shapes
 from zaya_vl.vllm.image_attention import ImageAttentionPlan, ImageSequence, attend_image_rows
 from zaya_vl.vllm.lora import add_gated_lora
+from zaya_vl.vllm.parallel import (AttentionShard, all_reduce, check_divisible, load_slice, local_config,
+                                   shard_experts, tp_rank_and_size)
 from zaya_vl.vllm.weights import native_weights
 
 
@@ -73,24 +75,35 @@ class QKNorm(nn.Module):
 
 
 class ZayaAttention(nn.Module):
+    """CCA attention; under tensor parallelism this rank's heads, their outputs summed across ranks."""
+
     def __init__(self, config, layer_idx: int, vllm_config: VllmConfig, prefix: str) -> None:
         super().__init__()
         dtype = vllm_config.model_config.dtype
+        rank, self.tp_size = tp_rank_and_size()
+        shard = AttentionShard(config, rank, self.tp_size) if self.tp_size > 1 else None
+        self.qkv_proj = CCAStateLayer(config, layer_idx, dtype, prefix=f"{prefix}.qkv_proj")
+        config = local_config(config, self.tp_size)
         self.num_heads, self.num_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                             config.head_dim)
         layer_type = config.layer_types[layer_idx]
         self.sliding_window = config.sliding_window if layer_type == "hybrid_sliding" else None
-        self.qkv_proj = CCAStateLayer(config, layer_idx, dtype, prefix=f"{prefix}.qkv_proj")
         self.qk_norm = QKNorm(config)
         self.rotary = PartialRotary(config.head_dim, config.rope_parameters[layer_type])
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
-        rank = getattr(config, "vision_lora_rank_attn", 0) or 0
-        if rank:
+        lora_rank = getattr(config, "vision_lora_rank_attn", 0) or 0
+        if lora_rank:
             from zaya_vl.vllm.cca import _LoRA
 
-            self.vision_adapters = nn.ModuleDict({"o": _LoRA(self.o_proj.in_features, self.o_proj.out_features, rank)})
+            self.vision_adapters = nn.ModuleDict({"o": _LoRA(self.o_proj.in_features, self.o_proj.out_features,
+                                                             lora_rank)})
         else:
             self.vision_adapters = None
+        if shard is not None:
+            load_slice(self.qk_norm.temp, 0, shard.kv_heads)
+            load_slice(self.o_proj.weight, 1, shard.query)
+            if self.vision_adapters is not None:
+                load_slice(self.vision_adapters["o"].A, 1, shard.query)
         self.attn = Attention(
             self.num_heads, self.head_dim, self.head_dim ** -0.5, self.num_kv_heads,
             cache_config=vllm_config.cache_config,
@@ -110,21 +123,27 @@ class ZayaAttention(nn.Module):
         out = attend_image_rows(out, query, key, values, image_sequences, num_heads=self.num_heads,
                                 num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                                 sliding_window=self.sliding_window)
-        projected = self.o_proj(out)
+        projected = F.linear(out, self.o_proj.weight)
         if self.vision_adapters is not None:
             projected = add_gated_lora(projected, out, self.vision_adapters["o"], image_token)
-        return projected
+        projected = all_reduce(projected, self.tp_size)
+        # The bias after the sum, so that it is added once, not once per rank.
+        return projected if self.o_proj.bias is None else projected + self.o_proj.bias
 
 
 class ZayaMoE(nn.Module):
     """Our router and experts (``zaya_vl.lm.moe``: the same modules, names and code as ``ZayaLM``'s). Where vLLM's
     CPU fused-MoE kernel applies (``pack_fused_experts``, after loading), text tokens' experts run through it;
-    image tokens, which need their expert's vision LoRA inside the SwiGLU, keep our experts' path."""
+    image tokens, which need their expert's vision LoRA inside the SwiGLU, keep our experts' path. Under tensor
+    parallelism each rank holds a slice of every expert's intermediate size; the router is replicated."""
 
     def __init__(self, config, layer_idx: int) -> None:
         super().__init__()
         self.gate = ZayaRouter(config, layer_idx).float()  # fp32 whatever the model dtype, as in our model
-        self.experts = ZayaExperts(config)
+        self.rank, self.tp_size = tp_rank_and_size()
+        self.experts = ZayaExperts(local_config(config, self.tp_size))
+        if self.tp_size > 1:
+            shard_experts(self.experts, config, self.rank)
         self.fused: FusedExperts | None = None
 
     def forward(self, x, previous_state, image_token):
@@ -140,6 +159,12 @@ class ZayaMoE(nn.Module):
                 out[text_rows] = self.fused(x[text_rows], _select(routing, text_rows), self.experts)
             out[image_rows] = self.experts(x[image_rows], _select(routing, image_rows),
                                            image_token.new_ones(image_rows.numel()))
+        if self.tp_size > 1:
+            # Every rank's output carries the skip expert's (the token itself, scaled); it is kept on rank 0 only
+            # so that the sum adds it once. Subtracting is exact: it is zero on rows routed to an expert.
+            if self.rank:
+                out = out - self.experts.skip_rows(x, routing)
+            out = all_reduce(out, self.tp_size)
         return out, routing.router_state
 
 
@@ -258,7 +283,8 @@ class ZayaStateMixin(HasInnerState, IsHybrid):
 
     @classmethod
     def get_mamba_state_shape_from_config(cls, vllm_config: VllmConfig):
-        return cca_state_shapes(_text_config(vllm_config.model_config.hf_config))
+        return cca_state_shapes(_text_config(vllm_config.model_config.hf_config),
+                                vllm_config.parallel_config.tensor_parallel_size)
 
     @classmethod
     def get_mamba_state_dtype_from_config(cls, vllm_config: VllmConfig):
@@ -332,8 +358,9 @@ def _check_supported(vllm_config: VllmConfig, config) -> None:
     if vllm_config.cache_config.enable_prefix_caching:
         raise ValueError("ZAYA1 in vLLM needs prefix caching off (CCA's per-sequence state is not cached per "
                          "block): pass enable_prefix_caching=False / --no-enable-prefix-caching.")
-    if vllm_config.parallel_config.tensor_parallel_size != 1 or vllm_config.parallel_config.pipeline_parallel_size != 1:
-        raise NotImplementedError("ZAYA1 in vLLM runs on one device (tensor/pipeline parallelism is not implemented).")
+    if vllm_config.parallel_config.pipeline_parallel_size != 1:
+        raise NotImplementedError("ZAYA1 in vLLM: pipeline parallelism is not implemented.")
+    check_divisible(config, vllm_config.parallel_config.tensor_parallel_size)
     if getattr(config, "lm_head_bias", False):
         raise NotImplementedError("lm_head_bias=True is not supported by the vLLM plugin.")
 
