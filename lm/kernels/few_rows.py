@@ -32,9 +32,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out.t().contiguous().view(*x.shape[:-1], weight.shape[0])
 
 
-__all__ = ["FEW_ROWS", "linear"]
-
-
 # -- the output head: a weight prepacked by oneDNN for the decode batch -----------------------------------------
 # The LM head (vocab × hidden) is about half of what a CPU decode step reads. At several rows neither MKL form
 # above streams it well (32000 × 512, 8 rows, one thread: ~10.7 ms as ``weight @ x.T``, ~14 ms as ``F.linear``),
@@ -88,4 +85,4 @@ def _(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
-__all__ += ["PACKED_HEAD_COPIES", "head_linear", "head_packs"]
+__all__ = ["FEW_ROWS", "PACKED_HEAD_COPIES", "head_linear", "head_packs", "linear"]

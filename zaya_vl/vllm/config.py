@@ -36,9 +36,6 @@ def register_config() -> None:
     AutoConfig.register(ServingReferenceZayaVLConfig.model_type, ServingReferenceZayaVLConfig, exist_ok=True)
 
 
-__all__ = ["ServingReferenceZayaVLConfig", "ServingZayaVLConfig", "register_config"]
-
-
 def native_vl_config(config):
     """Our native ``ZayaVLConfig`` for a VL config of either layout (the reference's flat config converted)."""
     if getattr(config, "model_type", None) == "zaya1_vl":
@@ -73,13 +70,11 @@ def native_lm_config(config):
     return cached
 
 
-__all__ += ["native_lm_config", "native_vl_config", "text_config"]
-
-
 def image_attention_mode(config) -> str:
     """How image tokens attend in the checkpoint whose config vLLM loaded (``"causal"`` for a text model)."""
     config = native_vl_config(config)
     return getattr(config, "image_attention", None) if hasattr(config, "text_config") else "causal"
 
 
-__all__ += ["image_attention_mode"]
+__all__ = ["ServingReferenceZayaVLConfig", "ServingZayaVLConfig", "image_attention_mode", "native_lm_config",
+           "native_vl_config", "register_config", "text_config"]
