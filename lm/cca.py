@@ -208,6 +208,20 @@ class CCAProjection(nn.Module):
         bias = self.v_proj_delayed.bias
         return bias.to(like.dtype) if bias is not None else like.new_zeros(self.value_width)
 
+    def add_vision_lora(self, x: torch.Tensor, qk: torch.Tensor, value_current: torch.Tensor,
+                        value_next: torch.Tensor, image_rows: torch.Tensor | None):
+        """The projections with the vision LoRA added at ``image_rows`` (flat row indices of ``x``); the delayed
+        value's adapter here only when it is gated by the token's own mask (``previous_token``)."""
+        if self.vision_adapters is None or image_rows is None:
+            return qk, value_current, value_next
+        adapters = self.vision_adapters
+        q = adapters["q"].add_to(qk[..., : self.query_width], x, image_rows)
+        k = adapters["k"].add_to(qk[..., self.query_width:], x, image_rows)
+        value_current = adapters["v_current"].add_to(value_current, x, image_rows)
+        if self.delayed_gate == "previous_token":  # the LoRA travels with the token's own delayed projection
+            value_next = adapters["v_delayed"].add_to(value_next, x, image_rows)
+        return torch.cat([q, k], dim=-1), value_current, value_next
+
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, ctx) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the query heads then the key heads (b, s, heads + kv_heads, d) and v (b, s, kv_heads, d); read
@@ -221,15 +235,7 @@ class CCAProjection(nn.Module):
         cache, image_rows = ctx.cache, ctx.image_rows
         if ctx.token_mask is not None:
             x = x * ctx.token_mask[..., None].to(x.dtype)
-        qk, value_current, value_next = self.project(x)
-        adapters = self.vision_adapters if image_rows is not None else None
-        if adapters is not None:
-            q = adapters["q"].add_to(qk[..., : self.query_width], x, image_rows)
-            k = adapters["k"].add_to(qk[..., self.query_width:], x, image_rows)
-            qk = torch.cat([q, k], dim=-1)
-            value_current = adapters["v_current"].add_to(value_current, x, image_rows)
-            if self.delayed_gate == "previous_token":  # the LoRA travels with the token's own delayed projection
-                value_next = adapters["v_delayed"].add_to(value_next, x, image_rows)
+        qk, value_current, value_next = self.add_vision_lora(x, *self.project(x), image_rows)
 
         # Padding rows are the projection of a zero input: with biases, zero them too, so that they are what the
         # reference's left zero padding is to the conv window. History: the cached window, or that zero padding.

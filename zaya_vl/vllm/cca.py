@@ -30,7 +30,7 @@ from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 from zaya_vl.lm.cca import CCAProjection
 from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lora.gated import GatedLoRA
-from zaya_vl.vllm.lora import add_gated_lora
+from zaya_vl.vllm.lora import image_rows
 from zaya_vl.vllm.parallel import AttentionShard, load_slice, local_config, tp_rank_and_size
 
 BACKEND_NAME = "ZAYA_CCA"
@@ -156,19 +156,14 @@ class CCAStateLayer(MambaBase, CCAProjection):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (tokens, hidden); ``image_token`` (tokens,) bool or None. Returns heads and values."""
         num_tokens = x.shape[0]
-        qk, value_current, value_next = self.project(x)
+        qk, value_current, value_next = self.add_vision_lora(x, *self.project(x), image_rows(image_token))
         adapter_input = None
         if self.vision_adapters is not None:
-            adapters = self.vision_adapters
-            q = add_gated_lora(qk[:, : self.query_width], x, adapters["q"], image_token)
-            k = add_gated_lora(qk[:, self.query_width:], x, adapters["k"], image_token)
-            qk = torch.cat([q, k], dim=-1)
-            value_current = add_gated_lora(value_current, x, adapters["v_current"], image_token)
-            if self.delayed_gate == "previous_token":  # the LoRA travels with the token's own delayed projection
-                value_next = add_gated_lora(value_next, x, adapters["v_delayed"], image_token)
-                adapter_input = x.new_zeros(x.shape[0], adapters["v_delayed"].rank)
+            delayed = self.vision_adapters["v_delayed"]
+            if self.delayed_gate == "previous_token":  # added above, with the token's own delayed projection
+                adapter_input = x.new_zeros(x.shape[0], delayed.rank)
             else:  # the next token's mask gates B·A·x of this token: carry A·x
-                adapter_input = x @ adapters["v_delayed"].A.t().to(x.dtype)      # (tokens, rank)
+                adapter_input = x @ delayed.A.t().to(x.dtype)                    # (tokens, rank)
         # Per-token delayed state: this token's delayed projection (and adapter input), what the next one reads.
         carried = value_next if adapter_input is None else torch.cat([value_next, adapter_input], dim=-1)
         # Zeros, not empty: vLLM may pad the step past its real tokens, and those rows must stay finite.
@@ -245,15 +240,6 @@ class CCAStateLayer(MambaBase, CCAProjection):
                 previous[begin + 1:end] = carried[begin:end - 1]
                 conv_state[slot] = next_state[0].to(conv_state.dtype)
                 delayed_state[slot] = carried[end - 1].to(delayed_state.dtype)
-
-
-class _LoRA(nn.Module):
-    """A vision LoRA adapter's factors, named as ``zaya_vl.lora.gated.GatedLoRA`` names them."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
-        super().__init__()
-        self.A = nn.Parameter(torch.zeros(rank, in_features))
-        self.B = nn.Parameter(torch.zeros(out_features, rank))
 
 
 __all__ = ["CCAStateLayer", "CCAStateBackend", "CCA_STATE_COPY_FUNCS", "cca_backend_enum", "cca_state_shapes"]

@@ -10,7 +10,6 @@ on the way in (``zaya_vl.vllm.weights``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -26,12 +25,14 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 from vllm.sequence import IntermediateTensors
 
+from zaya_vl.lm.cca import QKNorm
 from zaya_vl.lm.layers import ResidualScaling, RMSNorm
 from zaya_vl.lm.moe import Routing, ZayaExperts, ZayaRouter
+from zaya_vl.lora.gated import GatedLoRA
 from zaya_vl.vllm.config import text_config as _text_config
 from zaya_vl.vllm.cca import CCA_STATE_COPY_FUNCS, CCAStateLayer, cca_state_shapes
 from zaya_vl.vllm.image_attention import ImageAttentionPlan, ImageSequence, attend_image_rows
-from zaya_vl.vllm.lora import add_gated_lora
+from zaya_vl.vllm.lora import image_rows
 from zaya_vl.vllm.parallel import (AttentionShard, all_reduce, check_divisible, load_slice, local_config,
                                    shard_experts, tp_rank_and_size)
 from zaya_vl.vllm.weights import native_weights
@@ -60,20 +61,6 @@ class PartialRotary(nn.Module):
         return torch.cat([rotary * cos + rotated * sin, rest], dim=-1)
 
 
-class QKNorm(nn.Module):
-    """Each query and key head L2-normalised to norm √head_dim; key heads times a learned temperature."""
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.num_heads, self.scale = config.num_attention_heads, math.sqrt(config.head_dim)
-        self.temp = nn.Parameter(torch.zeros(config.num_key_value_heads))
-
-    def forward(self, heads: torch.Tensor) -> torch.Tensor:
-        gains = torch.cat([self.temp.new_ones(self.num_heads), self.temp]) * self.scale
-        norm = torch.linalg.vector_norm(heads, dim=-1, keepdim=True).clamp_min(torch.finfo(heads.dtype).eps)
-        return heads * (gains[:, None].to(heads.dtype) / norm)
-
-
 class ZayaAttention(nn.Module):
     """CCA attention; under tensor parallelism this rank's heads, their outputs summed across ranks."""
 
@@ -93,10 +80,8 @@ class ZayaAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
         lora_rank = getattr(config, "vision_lora_rank_attn", 0) or 0
         if lora_rank:
-            from zaya_vl.vllm.cca import _LoRA
-
-            self.vision_adapters = nn.ModuleDict({"o": _LoRA(self.o_proj.in_features, self.o_proj.out_features,
-                                                             lora_rank)})
+            self.vision_adapters = nn.ModuleDict({"o": GatedLoRA(self.o_proj.in_features, self.o_proj.out_features,
+                                                                 lora_rank)})
         else:
             self.vision_adapters = None
         if shard is not None:
@@ -125,7 +110,7 @@ class ZayaAttention(nn.Module):
                                 sliding_window=self.sliding_window)
         projected = F.linear(out, self.o_proj.weight)
         if self.vision_adapters is not None:
-            projected = add_gated_lora(projected, out, self.vision_adapters["o"], image_token)
+            projected = self.vision_adapters["o"].add_to(projected, out, image_rows(image_token))
         projected = all_reduce(projected, self.tp_size)
         # The bias after the sum, so that it is added once, not once per rank.
         return projected if self.o_proj.bias is None else projected + self.o_proj.bias

@@ -1,20 +1,17 @@
-"""The image-token-gated vision LoRA on vLLM's flat token batch: ``y + mask ⊙ B(A(x))``, computed on the image
-rows only, so text rows are untouched by construction (as in ``zaya_vl.lora.gated``)."""
+"""Where the image-token-gated vision LoRA applies on vLLM's flat token batch. The adapters are
+``zaya_vl.lora.gated``'s: they add their delta at these rows only, so text rows are untouched by construction."""
 
 from __future__ import annotations
 
 import torch
 
 
-def add_gated_lora(output: torch.Tensor, x: torch.Tensor, adapter, image_token: torch.Tensor | None) -> torch.Tensor:
-    """``output`` (tokens, out) plus ``B·A·x`` at the rows where ``image_token`` (tokens,) is true."""
+def image_rows(image_token: torch.Tensor | None) -> torch.Tensor | None:
+    """The indices of the image tokens of ``image_token`` (tokens,) bool, or None when there are none."""
     if image_token is None:
-        return output
+        return None
     rows = image_token.nonzero().squeeze(1)
-    if rows.numel() == 0:
-        return output
-    delta = (x.index_select(0, rows) @ adapter.A.t().to(x.dtype)) @ adapter.B.t().to(x.dtype)
-    return output.index_add(0, rows, delta.to(output.dtype))
+    return rows if rows.numel() else None
 
 
-__all__ = ["add_gated_lora"]
+__all__ = ["image_rows"]
