@@ -15,6 +15,7 @@ and the values (tokens, kv_heads · head_dim).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -41,6 +42,29 @@ class CCAStateMetadata(BaseMambaAttentionMetadata):
     # Whether each decode request already has a state: a one-token prompt is scheduled as a "decode" but must
     # start from the zero window and the start value, not from whatever the slot held before.
     has_initial_states_d: torch.Tensor | None = None
+
+    def prefill_chunks(self) -> list[PrefillChunk]:
+        """This step's prefill requests, in order; in vLLM's flat batch they follow the decode tokens."""
+        if not self.num_prefills:
+            return []
+        offset = self.num_decode_tokens
+        slots = _first_column(self.state_indices_tensor_p).tolist()
+        starts = self.query_start_loc_p.tolist()
+        resumes = self.has_initial_states_p.tolist()
+        return [PrefillChunk(offset + starts[i], offset + starts[i + 1], slots[i], bool(resumes[i]))
+                for i in range(self.num_prefills)]
+
+
+class PrefillChunk(NamedTuple):
+    begin: int     # rows begin:end of the step's flat batch
+    end: int
+    slot: int      # the request's state slot
+    resumes: bool  # a later chunk of its prompt: the slot's state carries over
+
+
+def _first_column(slots: torch.Tensor) -> torch.Tensor:
+    """A request's state slot (vLLM gives a 2-D block table when it tracks several blocks per request)."""
+    return slots[:, 0] if slots.dim() > 1 else slots
 
 
 class CCAStateMetadataBuilder(BaseMambaAttentionMetadataBuilder[CCAStateMetadata]):
@@ -170,7 +194,7 @@ class CCAStateLayer(MambaBase, CCAProjection):
         mixed = torch.zeros_like(qk)
         previous = torch.zeros_like(carried)  # the delayed state each token reads (its predecessor's)
 
-        metadata = self._metadata()
+        metadata = self.step_metadata()
         if metadata is None:  # vLLM's profiling run: one sequence, no state
             mixed[:] = self.mix(qk[None], qk.new_zeros(1, self.window, qk.shape[-1]))[0][0]
             previous[0] = self._initial_carried(carried)
@@ -194,7 +218,8 @@ class CCAStateLayer(MambaBase, CCAProjection):
         start[: self.value_width] = self.start_value(carried)
         return start
 
-    def _metadata(self) -> CCAStateMetadata | None:
+    def step_metadata(self) -> CCAStateMetadata | None:
+        """This layer's state metadata for the running step (None in vLLM's profiling run)."""
         attn_metadata = get_forward_context().attn_metadata
         if attn_metadata is None:
             return None
@@ -207,8 +232,7 @@ class CCAStateLayer(MambaBase, CCAProjection):
         conv_state, delayed_state = self.kv_cache
         num_decodes = metadata.num_decode_tokens
         if num_decodes:
-            slots = metadata.state_indices_tensor_d
-            slots = (slots[:, 0] if slots.dim() > 1 else slots)[:num_decodes].long()
+            slots = _first_column(metadata.state_indices_tensor_d)[:num_decodes].long()
             resumes = metadata.has_initial_states_d
             history = conv_state[slots].to(qk.dtype)
             last = delayed_state[slots].to(carried.dtype)
@@ -220,26 +244,19 @@ class CCAStateLayer(MambaBase, CCAProjection):
             previous[:num_decodes] = last
             conv_state[slots] = next_state.to(conv_state.dtype)
             delayed_state[slots] = carried[:num_decodes].to(delayed_state.dtype)
-        if metadata.num_prefills:
-            slots = metadata.state_indices_tensor_p
-            slots = (slots[:, 0] if slots.dim() > 1 else slots).tolist()
-            starts = metadata.query_start_loc_p.tolist()
-            resumes = metadata.has_initial_states_p.tolist()
-            for request in range(metadata.num_prefills):
-                begin, end = num_decodes + starts[request], num_decodes + starts[request + 1]
-                slot = slots[request]
-                if resumes[request]:
-                    history = conv_state[slot].to(qk.dtype)
-                    first = delayed_state[slot].to(carried.dtype)
-                else:
-                    history = qk.new_zeros(self.window, qk.shape[-1])
-                    first = self._initial_carried(carried)
-                chunk, next_state = self.mix(qk[None, begin:end], history[None])
-                mixed[begin:end] = chunk[0]
-                previous[begin] = first
-                previous[begin + 1:end] = carried[begin:end - 1]
-                conv_state[slot] = next_state[0].to(conv_state.dtype)
-                delayed_state[slot] = carried[end - 1].to(delayed_state.dtype)
+        for begin, end, slot, resumes in metadata.prefill_chunks():
+            if resumes:
+                history = conv_state[slot].to(qk.dtype)
+                first = delayed_state[slot].to(carried.dtype)
+            else:
+                history = qk.new_zeros(self.window, qk.shape[-1])
+                first = self._initial_carried(carried)
+            chunk, next_state = self.mix(qk[None, begin:end], history[None])
+            mixed[begin:end] = chunk[0]
+            previous[begin] = first
+            previous[begin + 1:end] = carried[begin:end - 1]
+            conv_state[slot] = next_state[0].to(conv_state.dtype)
+            delayed_state[slot] = carried[end - 1].to(delayed_state.dtype)
 
 
 __all__ = ["CCAStateLayer", "CCAStateBackend", "CCA_STATE_COPY_FUNCS", "cca_backend_enum", "cca_state_shapes"]

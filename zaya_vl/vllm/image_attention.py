@@ -51,6 +51,7 @@ class ImageAttentionPlan:
         self._slots_with_images: set[int] = set()
 
     def __call__(self, image_token: torch.Tensor | None, metadata) -> list[ImageSequence]:
+        """``metadata``: the CCA state layer's for this step (``prefill_chunks()``), None in the profiling run."""
         if metadata is None:  # vLLM's profiling run: the batch is one sequence from position 0
             if image_token is None or not bool(image_token.any()):
                 return []
@@ -60,17 +61,9 @@ class ImageAttentionPlan:
         if image_token is not None and offset and bool(image_token[:offset].any()):
             # A one-token chunk is scheduled as a decode: an image token there is a prompt split before its end.
             self._split_prompt_error()
-        if not metadata.num_prefills:
-            return sequences
-        starts = metadata.query_start_loc_p.tolist()
-        resumes = metadata.has_initial_states_p.tolist()
-        slots = metadata.state_indices_tensor_p
-        slots = (slots[:, 0] if slots.dim() > 1 else slots).tolist()
-        for request in range(metadata.num_prefills):
-            begin, end = offset + starts[request], offset + starts[request + 1]
+        for begin, end, slot, resumes in metadata.prefill_chunks():
             has_images = image_token is not None and bool(image_token[begin:end].any())
-            slot = slots[request]
-            if resumes[request]:
+            if resumes:
                 if has_images or slot in self._slots_with_images:
                     self._split_prompt_error()
                 continue

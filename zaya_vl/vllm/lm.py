@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vllm.config import VllmConfig
-from vllm.forward_context import get_forward_context
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -257,10 +256,7 @@ class ZayaModel(nn.Module):
         """This step's prefill sequences whose image rows attend beyond causal (one plan for all layers)."""
         if self.image_attention is None:
             return []
-        state_layer = self.layers[0].self_attn.qkv_proj
-        attn_metadata = get_forward_context().attn_metadata
-        metadata = attn_metadata.get(state_layer.prefix) if isinstance(attn_metadata, dict) else None
-        return self.image_attention(image_token, metadata)
+        return self.image_attention(image_token, self.layers[0].self_attn.qkv_proj.step_metadata())
 
 
 class ZayaStateMixin(HasInnerState, IsHybrid):
