@@ -98,11 +98,7 @@ class ZayaGenerationMixin(GenerationMixin):
             for module in self.modules():
                 if hasattr(module, "warm_derived"):
                     module.warm_derived()
-        compile_config = compile_config or self._default_compile_config()
-        if getattr(self, "_compiled_call", None) is None or self._last_compile_config != compile_config:
-            self._last_compile_config = compile_config  # the names transformers' own version uses
-            self._compiled_call = torch.compile(self.__call__, **compile_config.to_dict())
-        compiled = self._compiled_call
+        compiled = super().get_compiled_call(compile_config)  # transformers' memo, with our default config
 
         def step(**inputs):
             cache = inputs.get("cache")
