@@ -66,7 +66,7 @@ def head_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """The output head's ``linear`` for a decode step: on CPU at 2–``FEW_ROWS`` rows a oneDNN product on a
     prepacked copy of ``weight`` (one opaque op inside a compiled step), otherwise ``linear``."""
     if not head_packs(x, weight):
-        return linear(x, weight, bias) if linear is not head_linear else F.linear(x, weight, bias)
+        return linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
     out = torch.ops.zaya_vl.cpu_packed_linear(rows if rows.is_contiguous() else rows.contiguous(), weight, bias)
     return out.view(*x.shape[:-1], weight.shape[0])
