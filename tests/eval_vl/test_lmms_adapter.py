@@ -85,11 +85,14 @@ def test_each_process_of_a_launch_knows_its_rank(tmp_path):
 
     tiny_vl_checkpoint(tmp_path / "model", seed=1)
     script = tmp_path / "probe.py"
+    reports_dir = tmp_path / "reports"
+    reports_dir.mkdir()
     script.write_text(
-        "import json, sys\n"
+        "import json, os, pathlib, sys\n"
         "from zaya_vl.eval_vl.lmms_adapter import ZayaVLLmms\n"
         "model = ZayaVLLmms.create_from_arg_string(f'pretrained={sys.argv[1]}')\n"
-        "print('PROBE', json.dumps([model.rank, model.world_size, model.device.type, model.accelerator.num_processes]))\n")
+        "report = [model.rank, model.world_size, model.device.type, model.accelerator.num_processes]\n"
+        "pathlib.Path(sys.argv[2], f'{os.getpid()}.json').write_text(json.dumps(report))\n")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -97,7 +100,8 @@ def test_each_process_of_a_launch_knows_its_rank(tmp_path):
     process = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
          "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(script),
-         str(tmp_path / "model")], capture_output=True, text=True, timeout=300, env=env)
+         str(tmp_path / "model"), str(reports_dir)], capture_output=True, text=True, timeout=300, env=env)
     assert process.returncode == 0, process.stderr[-3000:]
-    reports = sorted(json.loads(line.split("PROBE ", 1)[1]) for line in process.stdout.splitlines() if "PROBE " in line)
+    # One file a process, named by its pid: the two processes' prints to one shared pipe can interleave mid-line.
+    reports = sorted(json.loads(path.read_text()) for path in reports_dir.glob("*.json"))
     assert reports == [[0, 2, "cpu", 2], [1, 2, "cpu", 2]]
