@@ -88,17 +88,16 @@ class Layout:
 
     @cached_property
     def _inverse_rules(self) -> tuple[KeyRule, ...]:
-        if not all(rule.invertible for rule in self.rules):
-            raise ValueError(f"The {self.name!r} layout cannot be written (its keys are not plain renames).")
-        return tuple(KeyRule(rule.target, rule.source) for rule in self.rules)
+        return tuple(KeyRule(rule.target, rule.source) for rule in self.rules if rule.invertible)
 
     def checkpoint_name(self, native: str) -> str:
-        """The inverse of :meth:`native_name` for renaming-only layouts (used to save in this layout)."""
+        """The inverse of :meth:`native_name` through the layout's renaming rules (used to save in this layout);
+        a name only a stacking or layer-shifting rule writes is an error."""
         for rule in self._inverse_rules:
             found = rule.apply(native, 0)
             if found is not None:
                 return found[0]
-        raise LayoutKeyError(f"{native}: no rule of the {self.name!r} layout writes this key")
+        raise LayoutKeyError(f"{native}: no renaming rule of the {self.name!r} layout writes this key")
 
 
 _LM = "model.language_model"

@@ -157,5 +157,114 @@ def tiny_vl_checkpoint(path, seed: int = 0, processor=None, std: float = 0.1, **
     return model, processor
 
 
-__all__ = ["TINY_CORPUS", "TINY_LM", "TINY_PIXELS", "TINY_VISION", "balance_routing_", "build_tiny_processor",
-           "image_prompt", "randomize_", "tiny_lm_config", "tiny_upstream_zaya", "tiny_vl_checkpoint", "tiny_vl_config"]
+# Text settings the release's config fixes (its skip-expert output and router norm epsilon, one rotary base for
+# every layer): a tiny model built with these can be written by ``save_zyphra_checkpoint``.
+ZYPHRA_TEXT_SETTINGS = {"skip_expert_output": "scaled_input", "router_rms_norm_eps": 1e-6,
+                        "rope_parameters": {kind: {"rope_type": "default", "rope_theta": 5_000_000.0,
+                                                   "partial_rotary_factor": 0.5}
+                                            for kind in ("hybrid", "hybrid_sliding")}}
+
+
+def save_zyphra_checkpoint(model, path, processor=None):
+    """Write ``model`` (a ``ZayaVL``) as Zyphra's original release lays a checkpoint out: a flat Megatron-style
+    ``config.json`` (``model_type`` ``zaya1_vl``), ``attn.``/``mlp.`` tensor names, one tensor per expert, and
+    each residual scale on the sub-layer after its merge. For tests of what reads that layout (our
+    ``from_pretrained``, the vLLM plugin) at sizes the release's own fixtures do not have.
+
+    Raises ``ValueError`` naming the settings the release's config cannot express (it reads back to other values).
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from zaya_vl.configuration import ReferenceZayaVLConfig
+    from zaya_vl.conversion import ZYPHRA
+
+    path = Path(path)
+    config = _zyphra_config_dict(model.config)
+    read_back = ReferenceZayaVLConfig(**config).to_native(image_attention=model.config.image_attention)
+    differing = _differing_settings(read_back.to_dict(), model.config.to_dict())
+    if differing:
+        raise ValueError(f"The Zyphra release's config cannot express {', '.join(differing)}.")
+    text = model.config.text_config
+    last = text.num_hidden_layers - 1
+    lm = "model.language_model."
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().contiguous()
+        if name == "lm_head.weight" and text.tie_word_embeddings:
+            continue
+        if name.startswith(lm + "input_"):
+            tensors[f"model.layers.0.attn.res_scale.{name[len(lm + 'input_'):]}"] = tensor
+        elif ".post_mlp_residual_scale." in name:
+            layer, scale = int(name.split(".")[3]), name.rsplit(".", 1)[1]
+            tensors[f"model.layers.{layer + 1}.attn.res_scale.{scale}" if layer < last else
+                    f"model.res_scale.{scale}"] = tensor
+        elif ".mlp.experts." in name:  # the release keeps one tensor per expert
+            for expert, per_expert in enumerate(tensor.unbind(0)):
+                tensors[_zyphra_expert_name(name, expert)] = per_expert.contiguous()
+        else:
+            tensors[ZYPHRA.checkpoint_name(name)] = tensor
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    model.generation_config.save_pretrained(path)
+    if processor is not None:
+        processor.save_pretrained(path)
+    return path
+
+
+def _zyphra_expert_name(native: str, expert: int) -> str:
+    """The release's name of one expert's slice of a stacked native tensor: its expert rule, run backwards."""
+    from zaya_vl.conversion import ZYPHRA, KeyRule, LayoutKeyError
+
+    for rule in ZYPHRA.rules:
+        match = KeyRule(rule.target, rule.source).pattern.match(native) if rule.stacks_experts else None
+        if match is not None:
+            return rule.source.format(**match.groupdict(), expert=expert)
+    raise LayoutKeyError(f"{native}: no expert rule of the 'zyphra' layout writes this key")
+
+
+def _zyphra_config_dict(config) -> dict:
+    text = config.text_config
+    rope = text.rope_parameters["hybrid"]
+    ranks = (text.vision_lora_rank_attn, text.vision_lora_rank_mlp)
+    return {
+        "architectures": ["Zaya1VLForConditionalGeneration"], "model_type": "zaya1_vl",
+        "cca": True, "scale_residual_merge": True, "gated_linear_unit": True, "zaya_use_eda": True,
+        "normalization": "RMSNorm", "activation_func": "swiglu", "add_bias_linear": False, "moe_router_topk": 1,
+        "vocab_size": text.vocab_size, "hidden_size": text.hidden_size, "num_hidden_layers": text.num_hidden_layers,
+        "num_attention_heads": text.num_attention_heads, "num_query_groups": text.num_key_value_heads,
+        "head_dim": text.head_dim, "max_position_embeddings": text.max_position_embeddings,
+        "initializer_range": text.initializer_range, "norm_epsilon": text.rms_norm_eps,
+        "rope_theta": rope["rope_theta"], "partial_rotary_factor": rope["partial_rotary_factor"],
+        "sliding_window": text.sliding_window,
+        "attention_dropout": text.attention_dropout, "ffn_hidden_size": 2 * text.moe_intermediate_size,
+        "num_experts": text.num_experts, "attention_bias": text.attention_bias, "lm_head_bias": text.lm_head_bias,
+        "zaya_mlp_expansion": text.router_hidden_size, "cca_time0": text.cca_time0, "cca_time1": text.cca_time1,
+        "pad_token_id": text.pad_token_id, "bos_token_id": text.bos_token_id, "eos_token_id": text.eos_token_id,
+        "zaya_use_mod": text.skip_expert_output == "scaled_input",
+        "vision_lora": any(ranks), "vision_lora_rank_attn": ranks[0], "vision_lora_rank_mlp": ranks[1],
+        "vision_config": {**config.vision_config.to_dict(), "model_type": "qwen2_5_vl"},
+        "image_token_id": config.image_token_id, "vision_start_token_id": config.vision_start_token_id,
+        "vision_end_token_id": config.vision_end_token_id,
+        **({} if text.tie_word_embeddings else {"tie_word_embeddings": False}),  # the release's configs omit it
+    }
+
+
+def _differing_settings(read_back: dict, wanted: dict, where: str = "") -> list[str]:
+    differing = []
+    for key, value in wanted.items():
+        if key in ("transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path"):
+            continue
+        other = read_back.get(key)
+        if isinstance(value, dict) and isinstance(other, dict):
+            differing += _differing_settings(other, value, f"{where}{key}.")
+        elif other != value:
+            differing.append(f"{where}{key}={value!r} (it reads {other!r})")
+    return differing
+
+
+__all__ = ["TINY_CORPUS", "TINY_LM", "TINY_PIXELS", "TINY_VISION", "ZYPHRA_TEXT_SETTINGS", "balance_routing_", "build_tiny_processor",
+           "image_prompt", "randomize_", "save_zyphra_checkpoint", "tiny_lm_config", "tiny_upstream_zaya", "tiny_vl_checkpoint", "tiny_vl_config"]

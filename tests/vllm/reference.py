@@ -5,7 +5,7 @@
     python tests/vllm/reference.py vl SPEC.json OUT_DIR
 
 lm: SPEC {"config": {...ZayaLMConfig overrides...}, "seed": int, "prompts": [[ids...], ...], "max_new": int}.
-vl: SPEC {"config": {...text overrides...}, "image_attention": str, "seed": int, "layout": "native" | "transformers",
+vl: SPEC {"config": {...text overrides...}, "image_attention": str, "seed": int, "layout": "native" | "transformers" | "zyphra",
           "prompts": [{"text": str, "images": [png path, ...]}, ...], "max_new": int}.
 Writes a tiny random checkpoint of our ``ZayaLM`` / ``ZayaVL`` (with its processor) to OUT_DIR/checkpoint and
 OUT_DIR/reference.json with, per prompt, the greedy tokens and each step's log-probability of the chosen token,
@@ -55,14 +55,16 @@ def vl(spec: dict, out_dir: Path) -> None:
     from PIL import Image
 
     from zaya_vl import ZayaVL, ZayaVLProcessor
-    from zaya_vl.testing import tiny_vl_checkpoint
+    from zaya_vl.testing import save_zyphra_checkpoint, tiny_vl_checkpoint
 
     layout = spec.get("layout", "native")
     native_dir = out_dir / ("checkpoint" if layout == "native" else "native_checkpoint")
     model, processor = tiny_vl_checkpoint(native_dir, seed=spec["seed"], std=spec.get("std", 0.1), **spec["config"])
     model.config.image_attention = spec["image_attention"]
     model.config.save_pretrained(native_dir)
-    if layout != "native":  # the same weights written in another release's layout
+    if layout == "zyphra":  # the same weights as Zyphra's original release lays them out
+        save_zyphra_checkpoint(model, out_dir / "checkpoint", processor)
+    elif layout != "native":  # the same weights written in another release's layout
         model.save_pretrained(out_dir / "checkpoint", layout=layout)
         processor.save_pretrained(out_dir / "checkpoint")
     model = ZayaVL.from_pretrained(out_dir / "checkpoint", dtype=torch.float32,

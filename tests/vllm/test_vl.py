@@ -2,8 +2,8 @@
 images (vLLM's placeholder expansion vs ZayaVLProcessor), greedy tokens identical and each step's log-probability
 within 1e-4 (fp32, CPU, a tiny random checkpoint with vision LoRA on attention and experts): one image, several
 images in a prompt, a text-only prompt, and an image whose tokens straddle a prefill chunk boundary, all in flight
-together (causal image attention; the other modes are test_image_attention.py's), and a checkpoint in the upstream
-port's layout with its own "images" attention."""
+together (causal image attention; the other modes are test_image_attention.py's), a checkpoint in the upstream
+port's layout with its own "images" attention, and one in Zyphra's original release layout."""
 
 from __future__ import annotations
 
@@ -95,6 +95,29 @@ def test_upstream_port_layout(case, tmp_path_factory):
                  max_model_len=512, max_num_seqs=4, limit_mm_per_prompt={"image": 2}, seed=0)
     try:
         assert_matches(generate_images(engine, image_requests(port_spec), MAX_NEW), expected)
+    finally:
+        release(engine)
+
+
+def test_zyphra_release_layout(case, tmp_path_factory):
+    # The same kind of model written as Zyphra's original release lays it out (flat Megatron-style config, one
+    # tensor per expert, residual scales on the next sub-layer; the skip expert passes its scaled input on, and
+    # image tokens attend causally, as the release's code does): vLLM reads it with no overrides and matches our
+    # model reading the same folder.
+    from vllm import LLM
+
+    from zaya_vl.testing import ZYPHRA_TEXT_SETTINGS
+
+    _, spec, _ = case
+    out = tmp_path_factory.mktemp("zaya_vl_release")
+    release_spec = {**spec, "layout": "zyphra", "seed": 3, "image_attention": "causal",
+                    "config": {**spec["config"], **ZYPHRA_TEXT_SETTINGS}}
+    expected = run_reference("vl", release_spec, out)
+    assert "text_config" not in json.loads((out / "checkpoint" / "config.json").read_text())
+    engine = LLM(model=str(out / "checkpoint"), dtype="float32", enforce_eager=True, enable_prefix_caching=False,
+                 max_model_len=512, max_num_seqs=4, limit_mm_per_prompt={"image": 2}, seed=0)
+    try:
+        assert_matches(generate_images(engine, image_requests(release_spec), MAX_NEW), expected)
     finally:
         release(engine)
 

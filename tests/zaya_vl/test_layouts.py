@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from zaya_vl import ZayaVL
 from zaya_vl.conversion import LAYOUTS, NATIVE, NATIVE_V1, TRANSFORMERS, ZYPHRA, LayoutKeyError, detect_layout
-from zaya_vl.testing import image_prompt, randomize_, tiny_vl_config
+from zaya_vl.testing import ZYPHRA_TEXT_SETTINGS, image_prompt, randomize_, save_zyphra_checkpoint, tiny_vl_config
 from zaya_vl.weights import CorruptCheckpointError
 
 REFERENCE = Path(__file__).parents[1] / "fixtures" / "zaya1_vl_reference" / "batch_two_images_left_padded"
@@ -88,6 +89,38 @@ def test_saving_in_the_transformers_layout_writes_the_port_names_and_reloads_ide
     assert reloaded.config.image_attention == "images"
     assert reloaded.config.text_config.vision_lora_delayed_gate == "previous_token"
     assert reloaded.config.text_config.skip_expert_output == "zero"
+
+
+def name_patterns(keys) -> set[str]:
+    """Tensor names with layer, expert and vision-block indices folded: models of other sizes compare."""
+    return {re.sub(r"\.(layers|local_experts|blocks)\.\d+\.", r".\1.N.", key) for key in keys}
+
+
+def test_a_model_written_in_the_release_layout_carries_the_releases_names_and_reads_back_identically(tmp_path):
+    model = randomize_(ZayaVL(tiny_vl_config(image_attention="causal", **ZYPHRA_TEXT_SETTINGS)), seed=4).eval()
+    save_zyphra_checkpoint(model, tmp_path / "release")
+    # The names and config keys of Zyphra's own checkpoint (the fixture), not only what our reader accepts.
+    written = load_file(tmp_path / "release" / "model.safetensors")
+    assert name_patterns(written) == name_patterns(load_file(REFERENCE / "checkpoint" / "model.safetensors"))
+    config = json.loads((tmp_path / "release" / "config.json").read_text())
+    assert set(config) <= set(json.loads((REFERENCE / "checkpoint" / "config.json").read_text()))
+    assert "text_config" not in config and config["model_type"] == "zaya1_vl"
+    reloaded = ZayaVL.from_pretrained(tmp_path / "release").eval()
+    assert reloaded.config.image_attention == "causal"  # the release's reference code attends causally
+    original = model.state_dict()
+    assert all(torch.equal(tensor, original[name]) for name, tensor in reloaded.state_dict().items())
+    prompt = image_prompt([(1, 4, 4), (1, 2, 4)], seed=2)
+    torch.testing.assert_close(logits(reloaded, prompt), logits(model, prompt), rtol=0, atol=0)
+
+
+def test_settings_the_release_config_cannot_express_are_named_not_written(tmp_path):
+    # The port's gate for the delayed value's LoRA: the release's code has only its own.
+    model = ZayaVL(tiny_vl_config(image_attention="causal", vision_lora_delayed_gate="previous_token",
+                                  **ZYPHRA_TEXT_SETTINGS))
+    with pytest.raises(ValueError, match=r"cannot express text_config\.vision_lora_delayed_gate='previous_token' "
+                                         r"\(it reads 'current_token'\)"):
+        save_zyphra_checkpoint(model, tmp_path / "release")
+    assert not (tmp_path / "release").exists()
 
 
 def test_generation_config_survives_loading_and_saving_every_layout(reference_dir, tmp_path):
