@@ -183,3 +183,14 @@ def test_models_use_our_compiled_step_not_transformers_defaults():
                    compile_config=CompileConfig(backend="aot_eager", fullgraph=True, dynamic=False))
     assert {"conv", "bmm"} <= set(cca._derived._memo)  # built eagerly, not traced into the step
     assert cache.get_seq_length() == int(cache.length) == 5 + 3  # the last token is never fed back
+
+
+@pytest.mark.parametrize("experts", [[3], [4], [0, 4, 2, 2, 1]])  # 4 experts: expert 4 is the skip expert
+def test_the_compiled_cpu_steps_expert_op_equals_the_per_token_loop(experts):
+    from zaya_vl.lm.kernels.grouped import expert_mlp_tokens_reference
+
+    generator = torch.Generator().manual_seed(len(experts))
+    gate_up, down = torch.randn(4, 24, 16, generator=generator), torch.randn(4, 16, 12, generator=generator)
+    x, expert = torch.randn(len(experts), 16, generator=generator), torch.tensor(experts)
+    got = torch.ops.zaya_vl.cpu_expert_mlp_tokens(x, gate_up, down, expert)
+    torch.testing.assert_close(got, expert_mlp_tokens_reference(x, gate_up, down, expert))
