@@ -185,7 +185,7 @@ def test_models_use_our_compiled_step_not_transformers_defaults():
     assert cache.get_seq_length() == int(cache.length) == 5 + 3  # the last token is never fed back
 
 
-@pytest.mark.parametrize("experts", [[3], [4], [0, 4, 2, 2, 1]])  # 4 experts: expert 4 is the skip expert
+@pytest.mark.parametrize("experts", [[3], [4], [0, 4, 2, 2, 1], [2, 2, 2], [4, 4], [1, 4, 1]])  # 4 = skip
 def test_the_compiled_cpu_steps_expert_op_equals_the_per_token_loop(experts):
     from zaya_vl.lm.kernels.grouped import expert_mlp_tokens_reference
 
