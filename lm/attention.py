@@ -10,7 +10,6 @@ from torch import nn
 
 from zaya_vl.lm.cca import CCAProjection, QKNorm
 from zaya_vl.lm.config import ZayaLMConfig
-from zaya_vl.lm.kernels import few_rows
 from zaya_vl.lm.layers import apply_rotary
 from zaya_vl.lora.gated import GatedLoRA
 
@@ -120,9 +119,7 @@ class ZayaAttention(nn.Module):
             block_mask=ctx.block_masks.get(self.layer_type),
         )
         out = out.transpose(1, 2).reshape(batch, seq, -1)
-        o_proj = self.o_proj
-        projected = (few_rows.linear(out, o_proj.weight, o_proj.bias) if type(o_proj) is nn.Linear
-                     else o_proj(out))  # a wrapped o_proj (e.g. a PEFT adapter) runs as its module
+        projected = self.o_proj(out)
         if self.vision_adapters is not None:
             projected = self.vision_adapters["o"].add_to(projected, out, ctx.image_rows)
         return projected

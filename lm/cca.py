@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zaya_vl.lm.config import ZayaLMConfig
 from zaya_vl.lm.derived import DerivedTensors
-from zaya_vl.lm.kernels import few_rows
 from zaya_vl.lm.kernels.dispatch import DECODE_MAX_TOKENS, cca_conv, kernel_backend, use_triton
 from zaya_vl.lora.gated import GatedLoRA
 
@@ -149,7 +149,7 @@ class CCAProjection(nn.Module):
             q, k, value_current, value_next = (projection(x) for projection in projections)
             return torch.cat([q, k], dim=-1), value_current, value_next
         weight, bias = self.fused_projection()
-        projected = few_rows.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
+        projected = F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
         # q and k are adjacent in the fused output: q|k is a view, no copy.
         return projected.split([self.query_width + self.k_proj.out_features, self.value_width, self.value_width],
                                dim=-1)

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from zaya_vl.lm.config import ZayaLMConfig
-from zaya_vl.lm.kernels import few_rows
 from zaya_vl.lm.kernels.dispatch import (DECODE_MAX_TOKENS, ExpertLoRA, expert_mlp_tokens, grouped_linear,
                                          grouped_mm_supported, grouped_swiglu, kernel_backend)
 from zaya_vl.lm.layers import RMSNorm
@@ -44,9 +43,9 @@ class RouterMLP(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm(h)
-        h = F.gelu(few_rows.linear(h, self.fc1.weight.float(), self.fc1.bias.float()))
-        h = F.gelu(few_rows.linear(h, self.fc2.weight.float(), self.fc2.bias.float()))
-        return few_rows.linear(h, self.out_proj.weight.float())
+        h = F.gelu(F.linear(h, self.fc1.weight.float(), self.fc1.bias.float()))
+        h = F.gelu(F.linear(h, self.fc2.weight.float(), self.fc2.bias.float()))
+        return F.linear(h, self.out_proj.weight.float())
 
 
 class ZayaRouter(nn.Module):
@@ -70,7 +69,7 @@ class ZayaRouter(nn.Module):
         return self._route(x, prev_router_state)
 
     def _route(self, x: torch.Tensor, prev_router_state: torch.Tensor | None) -> Routing:
-        state = few_rows.linear(x.float(), self.down_proj.weight.float(), self.down_proj.bias.float())
+        state = F.linear(x.float(), self.down_proj.weight.float(), self.down_proj.bias.float())
         if self.use_eda and prev_router_state is not None:
             state = state + prev_router_state.float() * self.router_states_scale.float()
         logits = self.router_mlp(state).reshape(-1, self.num_experts + 1)

@@ -14,8 +14,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from zaya_vl.lm.kernels import few_rows
-
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 _TORCH_VERSION = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
 
@@ -107,8 +105,8 @@ def expert_mlp_tokens_reference(x: torch.Tensor, gate_up: torch.Tensor, down: to
     rows = []
     for token, chosen in enumerate(expert.tolist()):
         if chosen < gate_up.shape[0]:
-            gate, up = few_rows.linear(x[token:token + 1], gate_up[chosen]).chunk(2, dim=-1)
-            rows.append(few_rows.linear(F.silu(gate) * up, down[chosen]))
+            gate, up = F.linear(x[token:token + 1], gate_up[chosen]).chunk(2, dim=-1)
+            rows.append(F.linear(F.silu(gate) * up, down[chosen]))
         else:
             rows.append(x.new_zeros(1, down.shape[1]))
     if len(rows) == 1:
