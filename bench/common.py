@@ -9,6 +9,12 @@ import time
 import torch
 
 
+# Generate exactly max_new_tokens by having no end-of-sequence token, as a user's generate() loop runs: forcing
+# the length with min_new_tokens would add two logits processors to every step (~1.3 ms a step at batch 8 on the
+# medium config, in both models' runs alike) that users do not run.
+EXACT_LENGTH = {"eos_token_id": None}
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

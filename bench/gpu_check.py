@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from bench.common import EXACT_LENGTH
+
 REPO = Path(__file__).resolve().parents[1]
 
 # ZAYA1-VL-8B's vision tower: Qwen2.5-VL's (7B) vision encoder.
@@ -109,7 +111,7 @@ def measure_lm(model, device: torch.device, dry_run: bool, compile_config) -> di
         ids = torch.randint(3, vocab, (batch, prompt), device=device)
 
         def generate(n, ids=ids):
-            return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+            return model.generate(ids, max_new_tokens=n, do_sample=False, **EXACT_LENGTH,
                                   cache_implementation="static", compile_config=compile_config)
 
         _reset_peak(device)
@@ -158,7 +160,7 @@ def measure_vl(model, device: torch.device, dry_run: bool, compile_config) -> di
     new_tokens = 8 if dry_run else 32
 
     def generate(n):
-        return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+        return model.generate(**inputs, max_new_tokens=n, do_sample=False, **EXACT_LENGTH,
                               cache_implementation="static", compile_config=compile_config)
 
     _reset_peak(device)

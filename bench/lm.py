@@ -23,7 +23,7 @@ import argparse
 import torch
 import transformers
 
-from bench.common import finish, interleaved_times, peak_memory_bytes, print_rows
+from bench.common import EXACT_LENGTH, finish, interleaved_times, peak_memory_bytes, print_rows
 from zaya_vl.lm import ZayaCache, ZayaLM
 from zaya_vl.lm.presets import lm_size, zaya1_8b_config
 from zaya_vl.testing import balance_routing_, randomize_
@@ -66,7 +66,7 @@ def measure(models: dict, batch: int, prompt_len: int, new_tokens: int, repeats:
 
     def generate(name, n):
         model, kwargs = variants[name], GENERATE_KWARGS[name]
-        return lambda: model.generate(input_ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, **kwargs)
+        return lambda: model.generate(input_ids, max_new_tokens=n, do_sample=False, **EXACT_LENGTH, **kwargs)
 
     prefill_t = interleaved_times({name: prefill(m) for name, m in models.items()}, repeats, device)
     prefill_t["zaya_vl_compiled"] = prefill_t.get("zaya_vl")  # the prefill runs eagerly in both

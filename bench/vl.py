@@ -23,7 +23,7 @@ import argparse
 import torch
 import transformers
 
-from bench.common import finish, interleaved_times, peak_memory_bytes, print_rows
+from bench.common import EXACT_LENGTH, finish, interleaved_times, peak_memory_bytes, print_rows
 from bench.lm import PRESETS as LM_PRESETS
 from zaya_vl import ZayaVL, ZayaVLConfig
 from zaya_vl.lm.presets import vision_size
@@ -74,8 +74,8 @@ class UpstreamWithTower:
         return self.upstream(inputs_embeds=self.embeds(inputs), use_cache=True, logits_to_keep=1)
 
     def generate(self, inputs, n):
-        return self.upstream.generate(inputs_embeds=self.embeds(inputs), max_new_tokens=n, min_new_tokens=n,
-                                      do_sample=False)
+        return self.upstream.generate(inputs_embeds=self.embeds(inputs), max_new_tokens=n,
+                                      do_sample=False, **EXACT_LENGTH)
 
 
 @torch.no_grad()
@@ -90,7 +90,7 @@ def measure(ours, peer, batch, new_tokens, repeats, device) -> dict:
         if name == "upstream":
             return lambda: peer.generate(inputs, n)
         cache = "static" if name == "zaya_vl_compiled" else "dynamic"
-        return lambda: ours.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+        return lambda: ours.generate(**inputs, max_new_tokens=n, do_sample=False, **EXACT_LENGTH,
                                      cache_implementation=cache)
 
     prefill_t = interleaved_times(prefill, repeats, device)

@@ -52,6 +52,7 @@ def _prompts(batch: int, prompt_len: int, vocab: int) -> list[list[int]]:
 def ours(args) -> None:
     import torch
 
+    from bench.common import EXACT_LENGTH
     from zaya_vl.lm import ZayaLM
     from zaya_vl.lm.presets import lm_config
     from zaya_vl.testing import balance_routing_, randomize_
@@ -71,8 +72,7 @@ def ours(args) -> None:
 
         @torch.no_grad()
         def run():
-            out = model.generate(input_ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                 do_sample=False)
+            out = model.generate(input_ids, max_new_tokens=args.new_tokens, do_sample=False, **EXACT_LENGTH)
             assert out.shape[1] == args.prompt_len + args.new_tokens
             if device.type == "cuda":
                 torch.cuda.synchronize()
