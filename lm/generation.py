@@ -2,9 +2,10 @@
 generation with the compressed cache. ``ZayaLM`` and ``zaya_vl.ZayaVL`` both mix it in.
 
 Caches: ``generate()`` builds a ``ZayaCache`` sized to the generation (grown by doubling if a caller's is not),
-or with ``cache_implementation="static"`` a ``StaticZayaCache`` whose capacity is rounded up to a multiple of
-``STATIC_CACHE_BUCKET`` tokens, and then compiles the decode step (``torch.compile(fullgraph=True,
-dynamic=False)``): every step, and every prompt whose prompt + new tokens fit the same bucket, reuses one graph.
+or with ``cache_implementation="static"`` a ``StaticZayaCache`` whose capacity is rounded up by
+``static_cache_capacity`` (the next of 64, 96, 128, 192, 256, 384, …), and then compiles the decode step
+(``torch.compile(fullgraph=True, dynamic=False)``): every step, and every prompt whose prompt + new tokens round
+to the same capacity, reuses one graph.
 The prefill runs eagerly. On CUDA the static cache is the default and the step is captured as a CUDA graph
 (``mode="reduce-overhead"``); elsewhere pass ``cache_implementation="static"`` to compile (inductor, on CPU with
 its C++ wrapper; a ``compile_config`` chooses another backend), or ``disable_compile=True`` to run the static
@@ -72,8 +73,7 @@ class ZayaGenerationMixin(GenerationMixin):
                              "off CUDA) and 'static' (fixed-size, compiled decode).")
         cache_class, length = ZayaCache, max_cache_length
         if implementation == "static":
-            bucket = STATIC_CACHE_BUCKET
-            cache_class, length = StaticZayaCache, -(-max_cache_length // bucket) * bucket
+            cache_class, length = StaticZayaCache, static_cache_capacity(max_cache_length)
         model_kwargs["cache"] = cache_class.for_model(self, batch_size * copies, max_length=length)
 
     # -- the compiled decode step -------------------------------------------------------------------------
@@ -122,6 +122,13 @@ class ZayaGenerationMixin(GenerationMixin):
         return inputs
 
 
-STATIC_CACHE_BUCKET = 256  # static caches round their capacity up to this: one compiled step per bucket
+def static_cache_capacity(length: int) -> int:
+    """The capacity a static cache gets for ``length`` tokens: the next of 64, 96, 128, 192, 256, 384, … (powers
+    of two and 1.5 times them). A step attends over the whole buffer, so at most a third of what it reads is
+    unused; and one compiled step serves each capacity, about two per doubling of the length."""
+    capacity = 64
+    while capacity < length:
+        capacity = capacity * 3 // 2 if capacity & (capacity - 1) == 0 else capacity * 4 // 3
+    return capacity
 
-__all__ = ["STATIC_CACHE_BUCKET", "ZayaGenerationMixin"]
+__all__ = ["ZayaGenerationMixin", "static_cache_capacity"]

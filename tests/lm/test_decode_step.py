@@ -194,3 +194,14 @@ def test_the_compiled_cpu_steps_expert_op_equals_the_per_token_loop(experts):
     x, expert = torch.randn(len(experts), 16, generator=generator), torch.tensor(experts)
     got = torch.ops.zaya_vl.cpu_expert_mlp_tokens(x, gate_up, down, expert)
     torch.testing.assert_close(got, expert_mlp_tokens_reference(x, gate_up, down, expert))
+
+
+def test_static_cache_capacity_leaves_at_most_a_third_unused_with_two_capacities_per_doubling():
+    from zaya_vl.lm.generation import static_cache_capacity
+
+    capacities = [static_cache_capacity(length) for length in range(1, 8193)]
+    assert all(capacity >= length for length, capacity in enumerate(capacities, start=1))
+    assert capacities == sorted(capacities)
+    assert all((capacity - length) / capacity < 1 / 3 for length, capacity in enumerate(capacities, start=1)
+               if length > 64)
+    assert sorted(set(capacities)) == [64 * 2 ** k * f for k in range(8) for f in (1, 1.5)][:15]
