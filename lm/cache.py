@@ -107,6 +107,12 @@ class ZayaCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seq_length
 
+    @property
+    def holds_tokens(self) -> bool:
+        """Whether a forward has written to this cache: a fact that flips once per generation, so a compiled decode
+        step may branch on it (the token count, which moves every step, would recompile it)."""
+        return self.seq_length > 0
+
     def get_max_cache_shape(self, layer_idx: int = 0) -> int:
         return self.capacity
 
@@ -213,6 +219,10 @@ class StaticZayaCache(ZayaCache):
         if not self.filled:  # prefill from empty: attention over the prompt only, with the usual masks
             return self.keys[layer_idx][:, :, : keys.shape[2]], self.values[layer_idx][:, :, : keys.shape[2]]
         return self.keys[layer_idx], self.values[layer_idx]
+
+    @property
+    def holds_tokens(self) -> bool:
+        return self.filled
 
     def _grow(self, layer_idx: int, needed: int) -> None:
         raise ValueError(f"StaticZayaCache holds {self.capacity} tokens; {needed} needed.")

@@ -197,7 +197,7 @@ class ZayaLMModel(ZayaPreTrainedModel):
             cache.place(decoder_layer_devices(self), self.dtype)
         static = cache is not None and cache.is_static
         # Python facts only (no device value is read): whether this forward continues cached sequences.
-        resuming = cache is not None and (cache.filled if static else cache.get_seq_length() > 0)
+        resuming = cache is not None and cache.holds_tokens
         if segment_ids is not None and resuming:
             raise ValueError("segment_ids (packed documents) cannot be combined with a non-empty cache.")
         if static and resuming and output_router_logits:

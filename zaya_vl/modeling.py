@@ -217,7 +217,7 @@ class ZayaVLModel(ZayaVLPreTrainedModel):
             # Vision LoRA and image attention apply where image features are placed, i.e. only in the forward that
             # receives the pixels: a generated token that happens to equal the image token is text.
             image_mask = self.get_placeholder_mask(input_ids, inputs_embeds) if pixel_values is not None else None
-            starting = cache is None or cache.get_seq_length() == 0
+            starting = cache is None or not cache.holds_tokens
             if pixel_values is None and starting and bool((input_ids == self.config.image_token_id).any()):
                 count = int((input_ids == self.config.image_token_id).sum())
                 raise ValueError(f"The input has {count} image tokens but no pixel_values.")
