@@ -81,22 +81,28 @@ def test_images_and_text_in_flight_together(llm, case):
     assert_matches(generate_images(llm, image_requests(spec), MAX_NEW), expected)
 
 
+def serve_and_compare(spec: dict, out: Path) -> dict:
+    """Write ``spec``'s checkpoint (its layout) with our reference's greedy run, serve that folder with vLLM (no
+    overrides) and assert vLLM's tokens and log-probs match; returns the folder's config."""
+    from vllm import LLM
+
+    expected = run_reference("vl", spec, out)
+    engine = LLM(model=str(out / "checkpoint"), dtype="float32", enforce_eager=True, enable_prefix_caching=False,
+                 max_model_len=512, max_num_seqs=4, limit_mm_per_prompt={"image": 2}, seed=0)
+    try:
+        assert_matches(generate_images(engine, image_requests(spec), MAX_NEW), expected)
+    finally:
+        release(engine)
+    return json.loads((out / "checkpoint" / "config.json").read_text())
+
+
 def test_upstream_port_layout(case, tmp_path_factory):
     # The same kind of model saved in the upstream transformers port's layout (its config says which delayed-value
     # LoRA gate it uses, and its image tokens attend to every image token of the prompt, "images"): vLLM reads it
     # through the port's key table, with no overrides, and matches our model reading it.
-    from vllm import LLM
-
     _, spec, _ = case
-    out = tmp_path_factory.mktemp("zaya_vl_port")
     port_spec = {**spec, "layout": "transformers", "seed": 2, "image_attention": "images"}
-    expected = run_reference("vl", port_spec, out)
-    engine = LLM(model=str(out / "checkpoint"), dtype="float32", enforce_eager=True, enable_prefix_caching=False,
-                 max_model_len=512, max_num_seqs=4, limit_mm_per_prompt={"image": 2}, seed=0)
-    try:
-        assert_matches(generate_images(engine, image_requests(port_spec), MAX_NEW), expected)
-    finally:
-        release(engine)
+    assert "text_config" in serve_and_compare(port_spec, tmp_path_factory.mktemp("zaya_vl_port"))
 
 
 def test_zyphra_release_layout(case, tmp_path_factory):
@@ -104,22 +110,12 @@ def test_zyphra_release_layout(case, tmp_path_factory):
     # tensor per expert, residual scales on the next sub-layer; the skip expert passes its scaled input on, and
     # image tokens attend causally, as the release's code does): vLLM reads it with no overrides and matches our
     # model reading the same folder.
-    from vllm import LLM
-
     from zaya_vl.testing import ZYPHRA_TEXT_SETTINGS
 
     _, spec, _ = case
-    out = tmp_path_factory.mktemp("zaya_vl_release")
     release_spec = {**spec, "layout": "zyphra", "seed": 3, "image_attention": "causal",
                     "config": {**spec["config"], **ZYPHRA_TEXT_SETTINGS}}
-    expected = run_reference("vl", release_spec, out)
-    assert "text_config" not in json.loads((out / "checkpoint" / "config.json").read_text())
-    engine = LLM(model=str(out / "checkpoint"), dtype="float32", enforce_eager=True, enable_prefix_caching=False,
-                 max_model_len=512, max_num_seqs=4, limit_mm_per_prompt={"image": 2}, seed=0)
-    try:
-        assert_matches(generate_images(engine, image_requests(release_spec), MAX_NEW), expected)
-    finally:
-        release(engine)
+    assert "text_config" not in serve_and_compare(release_spec, tmp_path_factory.mktemp("zaya_vl_release"))
 
 
 def test_text_tokens_use_vllms_fused_moe_and_image_tokens_their_lora(llm):
