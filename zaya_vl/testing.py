@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from zaya_vl.lm.presets import lm_size, vision_size
 
@@ -36,6 +37,28 @@ def randomize_(model: nn.Module, seed: int = 0, std: float = 0.15, skip_bias: fl
             values[-1] = skip_bias
             buffer.copy_(values)
     return model
+
+
+class HostReads(TorchDispatchMode):
+    """Records every op whose result needs a device value on the host: ``.item()``/``.tolist()``/``bool(t)``
+    (``aten._local_scalar_dense``) and ops whose output shape depends on the data (``nonzero``,
+    ``masked_select``, ``unique``…, tagged by torch). Each is a host-device sync on a GPU::
+
+        with HostReads() as watch:
+            model(token, cache=cache, use_cache=True)
+        assert watch.reads == []
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        tags = getattr(func, "tags", ())
+        if (func is torch.ops.aten._local_scalar_dense.default or torch.Tag.dynamic_output_shape in tags
+                or torch.Tag.data_dependent_output in tags):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def tiny_lm_config(**overrides):
@@ -266,5 +289,5 @@ def _differing_settings(read_back: dict, wanted: dict, where: str = "") -> list[
     return differing
 
 
-__all__ = ["TINY_CORPUS", "TINY_LM", "TINY_PIXELS", "TINY_VISION", "ZYPHRA_TEXT_SETTINGS", "balance_routing_", "build_tiny_processor",
+__all__ = ["HostReads", "TINY_CORPUS", "TINY_LM", "TINY_PIXELS", "TINY_VISION", "ZYPHRA_TEXT_SETTINGS", "balance_routing_", "build_tiny_processor",
            "image_prompt", "randomize_", "save_zyphra_checkpoint", "tiny_lm_config", "tiny_upstream_zaya", "tiny_vl_checkpoint", "tiny_vl_config"]

@@ -2,30 +2,12 @@
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import zaya_vl.lm.moe as moe_module
 from zaya_vl.lm import ZayaCache, ZayaLM
 from zaya_vl.lm.cache import StaticZayaCache, decoder_layer_devices
 from zaya_vl.lm.moe import ZayaRouter
-from zaya_vl.testing import randomize_, tiny_lm_config
-
-
-class HostReads(TorchDispatchMode):
-    """Records every op whose result needs a device value on the host: ``.item()``/``.tolist()``/``bool(t)``
-    (``aten._local_scalar_dense``) and ops whose output shape depends on the data (``nonzero``,
-    ``masked_select``, ``unique``…, tagged by torch)."""
-
-    def __init__(self):
-        super().__init__()
-        self.reads = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        tags = getattr(func, "tags", ())
-        if (func is torch.ops.aten._local_scalar_dense.default or torch.Tag.dynamic_output_shape in tags
-                or torch.Tag.data_dependent_output in tags):
-            self.reads.append(str(func))
-        return func(*args, **(kwargs or {}))
+from zaya_vl.testing import HostReads, randomize_, tiny_lm_config
 
 
 @pytest.fixture
