@@ -166,12 +166,14 @@ class ZayaExperts(nn.Module):
         return x * skipped[:, None]
 
     def _few_tokens(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
-        # Decode: each token reads its chosen expert's weights directly, no sort or grouping.
+        # Decode: each token reads its chosen expert's weights directly, no sort.
         if x.device.type != "cpu" and _grouped_mm_fits(x, self):
             return self._grouped_on_device(x, routing)
-        if host_sync_allowed(x) or kernel_backend(x.device, x.dtype) == "triton":
+        if kernel_backend(x.device, x.dtype) == "triton":
             y = expert_mlp_tokens(x, self.gate_up_proj, self.down_proj, routing.expert)  # skip rows: zeros
-        elif _HOST_SYNC_ON_CPU and x.device.type == "cpu":  # compiled on CPU: one opaque op indexes on the host
+        elif host_sync_allowed(x):  # eager on CPU: the chosen experts are read on the host
+            y = chosen_experts_mlp(x, self.gate_up_proj, self.down_proj, routing.expert)
+        elif _HOST_SYNC_ON_CPU and x.device.type == "cpu":  # compiled on CPU: the same, as one opaque op
             y = torch.ops.zaya_vl.cpu_expert_mlp_tokens(x, self.gate_up_proj, self.down_proj, routing.expert)
         else:
             y = self._gathered_tokens(x, routing.expert)  # skip rows: expert 0's output, replaced below
@@ -188,14 +190,12 @@ class ZayaExperts(nn.Module):
         return torch.bmm(down, (F.silu(gate) * up)[:, :, None]).squeeze(-1)
 
 
-@torch.library.custom_op("zaya_vl::cpu_expert_mlp_tokens", mutates_args=(), device_types="cpu")
-def _cpu_expert_mlp_tokens(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
-                           expert: torch.Tensor) -> torch.Tensor:
-    """A compiled CPU decode step's experts: reading the chosen experts on the host costs nothing on a CPU, and
-    each chosen expert then runs once on its tokens, reading its weights in place (inductor's fused
-    gather-and-reduce over the same weights ran at ~1 GB/s, several times slower). A plain loop: for the one or
-    two experts a few tokens usually pick, sorting and ``torch._grouped_mm`` cost ~2.5 ms more of a ~22 ms
-    batch-8 medium step (measured)."""
+def chosen_experts_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
+                       expert: torch.Tensor) -> torch.Tensor:
+    """A few tokens through their experts on CPU (skip-routed rows: zeros). Reading the chosen experts on the
+    host costs nothing on a CPU, and each chosen expert then runs once on its tokens, reading its weights in
+    place. A plain loop: for the one or two experts a few tokens usually pick, sorting and ``torch._grouped_mm``
+    cost ~2.5 ms more of a ~22 ms batch-8 medium step (measured)."""
     chosen_per_token = expert.tolist()
     out = None
     for chosen in sorted(set(chosen_per_token) - {gate_up.shape[0]}):  # the skip expert's rows stay zero
@@ -209,6 +209,14 @@ def _cpu_expert_mlp_tokens(x: torch.Tensor, gate_up: torch.Tensor, down: torch.T
         out = x.new_zeros(x.shape[0], down.shape[1]) if out is None else out
         out.index_copy_(0, index, y.to(out.dtype))
     return x.new_zeros(x.shape[0], down.shape[1]) if out is None else out
+
+
+@torch.library.custom_op("zaya_vl::cpu_expert_mlp_tokens", mutates_args=(), device_types="cpu")
+def _cpu_expert_mlp_tokens(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
+                           expert: torch.Tensor) -> torch.Tensor:
+    """``chosen_experts_mlp`` inside a compiled CPU step, where the host read must sit in an opaque op
+    (inductor's fused gather-and-reduce over the same weights ran at ~1 GB/s, several times slower)."""
+    return chosen_experts_mlp(x, gate_up, down, expert)
 
 
 @_cpu_expert_mlp_tokens.register_fake
